@@ -1,0 +1,60 @@
+"""Shared fixtures: tiny MNIST-format datasets written as real IDX files, and tiny-model CLI arguments."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vit_lightning.data import SPLIT_FILES
+
+
+def write_idx(path: Path, array: np.ndarray) -> Path:
+    """Write a uint8 array as an IDX file (gzip-compressed when the name ends in .gz)."""
+    payload = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    payload += array.astype(np.uint8).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    (gzip.open if path.suffix == ".gz" else open)(path, "wb").write(payload)
+    return path
+
+
+def make_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Learnable 28x28 images: class k is a bright 7x7 square in cell k of a 4x4 grid, plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n)
+    images = rng.integers(0, 60, (n, 28, 28))
+    for image, label in zip(images, labels):
+        row, col = divmod(int(label), 4)
+        image[row * 7:(row + 1) * 7, col * 7:(col + 1) * 7] += 180
+    return images.astype(np.uint8), labels.astype(np.uint8)
+
+
+def write_dataset(folder: Path, n_train: int = 240, n_test: int = 101, gz: bool = False) -> Path:
+    """The four IDX files of a tiny dataset in ``folder``."""
+    suffix = ".gz" if gz else ""
+    for split, n, seed in (("train", n_train, 0), ("test", n_test, 1)):
+        images, labels = make_split(n, seed)
+        image_name, label_name = SPLIT_FILES[split]
+        write_idx(folder / f"{image_name}{suffix}", images)
+        write_idx(folder / f"{label_name}{suffix}", labels)
+    return folder
+
+
+@pytest.fixture
+def data_root(tmp_path: Path) -> Path:
+    """A folder holding a tiny dataset's four IDX files directly (the Debian layout), gzip-compressed."""
+    return write_dataset(tmp_path / "data", gz=True)
+
+
+def tiny_args(data_root: Path, run_dir: Path, *extra: str) -> list[str]:
+    """CLI arguments for a seconds-long run of a tiny model on ``data_root``, writing to ``run_dir``."""
+    return [
+        "--data.root", str(data_root), "--data.download", "false", "--data.val_size", "40",
+        "--data.batch_size", "40", "--data.eval_batch_size", "32",
+        "--model.patch_size", "7", "--model.dim", "16", "--model.depth", "1", "--model.heads", "2",
+        "--trainer.accelerator", "cpu", "--trainer.max_epochs", "2", "--trainer.log_every_n_steps", "1", "--trainer.default_root_dir", str(run_dir),
+        *extra,
+    ]

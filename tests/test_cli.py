@@ -1,0 +1,110 @@
+"""The real CLI end to end on a tiny dataset: fit, test, predict, resume, errors."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from conftest import tiny_args
+from vit_lightning.cli import main
+from vit_lightning.module import ViTClassifier
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    rows = []
+    for path in sorted((run_dir / "logs").glob("version_*/metrics.csv")):
+        rows += list(csv.DictReader(path.open()))
+    return rows
+
+
+def test_fit_test_predict_through_the_cli(data_root, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    main(["fit", *tiny_args(data_root, run_dir)])
+    out = capsys.readouterr().out
+    assert "Epoch 1/2, Train Loss: " in out and "Epoch 2/2, Train Loss: " in out and ", Accuracy: " in out
+
+    checkpoints = run_dir / "checkpoints"
+    assert (checkpoints / "last.ckpt").is_file()
+    best = [p for p in checkpoints.glob("*.ckpt") if p.name != "last.ckpt"]
+    assert len(best) == 1 and best[0].name.startswith("epoch")
+    metrics = read_metrics(run_dir)
+    names = set(metrics[0])
+    assert {"train/loss", "train/acc", "val/loss", "val/acc", "epoch"} <= names
+    assert any(name.startswith("lr-") for name in names)
+    assert (run_dir / "logs" / "version_0" / "config.yaml").is_file()
+
+    # A checkpoint alone rebuilds the model.
+    model = ViTClassifier.load_from_checkpoint(checkpoints / "last.ckpt", map_location="cpu")
+    assert model.hparams.dim == 16 and model.model.patch_size == 7
+
+    main(["test", *tiny_args(data_root, run_dir), "--ckpt_path", "best"])
+    test_rows = [row for row in read_metrics(run_dir) if row.get("test/acc")]
+    assert len(test_rows) == 1 and 0.0 <= float(test_rows[0]["test/acc"]) <= 1.0
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for value in (0, 128, 255):
+        Image.new("L", (28, 28), value).save(images / f"gray{value}.png")
+    (images / "notes.txt").write_text("ignored: not an image suffix")
+    output = tmp_path / "predictions.csv"
+    capsys.readouterr()
+    main(["predict", *tiny_args(data_root, run_dir), "--ckpt_path", str(checkpoints / "last.ckpt"),
+          "--data.predict_path", str(images), "--predictions.output", str(output)])
+    assert "gray128.png" in capsys.readouterr().out
+    rows = list(csv.DictReader(output.open()))
+    assert [row["file"] for row in rows] == ["gray0.png", "gray128.png", "gray255.png"]
+    assert all(0.0 < float(row["confidence"]) <= 1.0 and row["class"] in "0123456789" for row in rows)
+
+
+def test_resume_with_ckpt_path_last_continues_the_run(data_root, tmp_path):
+    run_dir = tmp_path / "run"
+    main(["fit", *tiny_args(data_root, run_dir)])
+    first = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert first["epoch"] == 1
+    main(["fit", *tiny_args(data_root, run_dir), "--trainer.max_epochs", "3", "--ckpt_path", "last"])
+    resumed = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["epoch"] == 2
+    assert resumed["global_step"] == first["global_step"] * 3 // 2
+    epochs = sorted({int(row["epoch"]) for row in read_metrics(run_dir) if row.get("val/acc")})
+    assert epochs == [0, 1, 2]
+
+
+def test_print_config_is_complete_yaml(tmp_path):
+    result = subprocess.run([sys.executable, "train.py", "fit", "--print_config"], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load(result.stdout)
+    assert config["model"]["dim"] == 192 and config["data"]["dataset"] == "mnist"
+    assert config["checkpoint"]["monitor"] == "val/acc" and config["seed_everything"] == 42
+
+
+def run_train(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "train.py", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_missing_data_root_is_one_line_without_traceback(tmp_path):
+    result = run_train("fit", "--data.root", str(tmp_path / "nonexistent"), "--trainer.default_root_dir",
+                       str(tmp_path / "run"))
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and "--data.root" in error_lines[0] and "train-images-idx3-ubyte" in error_lines[0]
+    assert not (tmp_path / "nonexistent").exists()  # nothing left behind
+
+
+@pytest.mark.parametrize("ckpt, message", [("missing.ckpt", "does not exist"), ("junk.ckpt", "not a readable"),
+                                           ("last", "no ")])
+def test_bad_ckpt_path_is_one_line(data_root, tmp_path, ckpt, message):
+    (tmp_path / "junk.ckpt").write_bytes(b"\x00not a checkpoint")
+    result = run_train("test", *tiny_args(data_root, tmp_path / "run"), "--ckpt_path",
+                       ckpt if ckpt == "last" else str(tmp_path / ckpt))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: ") and message in result.stderr and len(result.stderr.splitlines()) == 1

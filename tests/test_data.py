@@ -1,0 +1,134 @@
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import write_dataset, write_idx
+from vit_lightning.augment import RandomAffine
+from vit_lightning.data import MNISTDataModule, ShardSampler, find_idx_files, load_images, read_idx
+from vit_lightning.errors import UserError
+
+
+def datamodule(root: Path, **overrides) -> MNISTDataModule:
+    return MNISTDataModule(**{"root": str(root), "download": False, "val_size": 40, "batch_size": 32, **overrides})
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_read_idx_round_trip(tmp_path, gz):
+    array = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    tensor = read_idx(write_idx(tmp_path / ("x.idx" + (".gz" if gz else "")), array))
+    assert tensor.dtype == torch.uint8
+    assert tensor.tolist() == array.tolist()
+
+
+@pytest.mark.parametrize("layout", ["flat", "torchvision"])
+@pytest.mark.parametrize("gz", [False, True])
+def test_both_layouts_plain_and_gz_load_through_the_datamodule(tmp_path, layout, gz):
+    folder = tmp_path if layout == "flat" else tmp_path / "FashionMNIST" / "raw"
+    write_dataset(folder, n_train=100, n_test=30, gz=gz)
+    dm = datamodule(tmp_path, dataset="fashion_mnist")
+    dm.prepare_data()
+    dm.setup("fit")
+    dm.setup("test")
+    assert (len(dm.datasets["train"]), len(dm.datasets["val"]), len(dm.datasets["test"])) == (60, 40, 30)
+    images, labels = next(iter(dm.train_dataloader()))
+    assert images.shape == (32, 28, 28) and images.dtype == torch.uint8
+    assert labels.dtype == torch.int64 and labels.max() < 10
+
+
+def test_split_is_seeded_disjoint_and_accepts_a_fraction(data_root):
+    def split(**kwargs):
+        dm = datamodule(data_root, **kwargs)
+        dm.setup("fit")
+        return dm.datasets["train"], dm.datasets["val"]
+
+    train, val = split()
+    again_train, _ = split()
+    assert torch.equal(train.images, again_train.images)
+    other_train, _ = split(seed=7)
+    assert not torch.equal(train.images, other_train.images)
+    train_set = {bytes(image.numpy()) for image in train.images}
+    assert not train_set & {bytes(image.numpy()) for image in val.images}
+    train, val = split(val_size=0.25)
+    assert (len(train), len(val)) == (180, 60)
+
+
+def test_augmentation_keeps_shape_differs_between_calls_and_is_off_in_eval(data_root):
+    dm = datamodule(data_root)
+    dm.setup("fit")
+    images, _ = next(iter(dm.val_dataloader()))
+    train_a, train_b = dm.transform(images, train=True), dm.transform(images, train=True)
+    assert train_a.shape == (40, 1, 28, 28) and train_a.dtype == torch.float32
+    assert not torch.allclose(train_a, train_b)
+    eval_a, eval_b = dm.transform(images, train=False), dm.transform(images, train=False)
+    torch.testing.assert_close(eval_a, eval_b)
+    expected = (images.float() / 255 - dm.info.mean) / dm.info.std
+    torch.testing.assert_close(eval_a[:, 0], expected)
+
+
+def test_random_affine_is_reproducible_from_its_seed():
+    images = torch.rand(4, 1, 28, 28)
+    torch.testing.assert_close(RandomAffine(seed=3)(images), RandomAffine(seed=3)(images))
+    assert RandomAffine(degrees=0, translate=0, scale=(1.0, 1.0))(images) is images
+
+
+def test_shard_sampler_train_shards_are_disjoint_and_eval_covers_everything_once():
+    dataset = list(range(101))
+    train = [list(ShardSampler(dataset, 2, rank, shuffle=True, seed=0)) for rank in (0, 1)]
+    assert len(train[0]) == len(train[1]) == 50 and not set(train[0]) & set(train[1])
+    sampler = ShardSampler(dataset, 2, 0, shuffle=True, seed=0)
+    sampler.set_epoch(1)
+    assert list(sampler) != train[0]  # reshuffled per epoch
+    evaluation = [list(ShardSampler(dataset, 2, rank, shuffle=False)) for rank in (0, 1)]
+    assert sorted(evaluation[0] + evaluation[1]) == dataset
+
+
+def test_missing_root_is_one_clear_line(tmp_path):
+    with pytest.raises(UserError) as error:
+        datamodule(tmp_path / "nowhere").prepare_data()
+    message = str(error.value)
+    assert "\n" not in message and "--data.root" in message and "train-images-idx3-ubyte" in message
+
+
+def test_some_files_missing_are_named(tmp_path):
+    write_dataset(tmp_path)
+    (tmp_path / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(UserError, match="missing t10k-labels-idx1-ubyte"):
+        find_idx_files(tmp_path, "mnist")
+
+
+@pytest.mark.parametrize("damage", ["magic", "truncated", "bad_gzip"])
+def test_corrupt_idx_files_are_reported(tmp_path, damage):
+    array = np.zeros((10, 28, 28), dtype=np.uint8)
+    if damage == "magic":
+        path = write_idx(tmp_path / "x", array)
+        path.write_bytes(b"\x00\x00\x0d\x03" + path.read_bytes()[4:])
+        match = "not an IDX file"
+    elif damage == "truncated":
+        path = write_idx(tmp_path / "x.gz", array)
+        path.write_bytes(gzip.compress(gzip.decompress(path.read_bytes())[:-100]))
+        match = "corrupt"
+    else:
+        path = write_idx(tmp_path / "x.gz", array)
+        path.write_bytes(path.read_bytes()[:40])
+        match = "cannot read"
+    with pytest.raises(UserError, match=match):
+        read_idx(path)
+
+
+def test_predict_images_from_a_folder_skip_unreadable_files(tmp_path):
+    from PIL import Image
+
+    Image.new("L", (28, 28), 255).save(tmp_path / "white.png")
+    Image.new("RGB", (56, 40), (0, 0, 0)).save(tmp_path / "black.jpg")
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    images, names, failures = load_images(tmp_path, 28)
+    assert names == ["black.jpg", "white.png"]
+    assert images.shape == (2, 28, 28) and images[1].min() == 255 and images[0].max() == 0
+    assert len(failures) == 1 and "broken.png" in failures[0]
+    (tmp_path / "white.png").unlink()
+    (tmp_path / "black.jpg").unlink()
+    with pytest.raises(UserError, match="no readable images"):
+        load_images(tmp_path, 28)

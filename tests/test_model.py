@@ -1,0 +1,105 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vit_lightning.model import (
+    MultiHeadSelfAttention,
+    VisionTransformer,
+    ViTBlock,
+    create_patches,
+    get_positional_embeddings,
+)
+
+
+def tiny_vit(**overrides) -> VisionTransformer:
+    kwargs = dict(image_size=28, patch_size=7, dim=32, depth=2, heads=4, mlp_ratio=2.0, num_classes=10)
+    return VisionTransformer(**{**kwargs, **overrides})
+
+
+def test_create_patches_matches_unfold():
+    images = torch.randn(3, 2, 8, 12)
+    patches = create_patches(images, 4)
+    expected = F.unfold(images, kernel_size=4, stride=4).transpose(1, 2)  # [B, N, C*p*p], row-major patches
+    assert patches.shape == (3, 6, 32)
+    torch.testing.assert_close(patches, expected)
+
+
+def test_positional_embeddings_are_sinusoidal_and_distinct():
+    pe = get_positional_embeddings(50, 64)
+    assert pe.shape == (50, 64)
+    torch.testing.assert_close(pe[0, 0::2], torch.zeros(32))  # sin(0)
+    torch.testing.assert_close(pe[0, 1::2], torch.ones(32))  # cos(0)
+    assert pe[:, 0].sub(torch.sin(torch.arange(50.0))).abs().max() < 1e-5
+    distances = torch.cdist(pe, pe) + torch.eye(50) * 1e3
+    assert distances.min() > 0.1  # every position has its own code
+
+
+def test_attention_equals_naive_reference():
+    torch.manual_seed(0)
+    attention = MultiHeadSelfAttention(dim=24, heads=3).eval()
+    x = torch.randn(2, 5, 24)
+    q, k, v = attention.qkv(x).reshape(2, 5, 3, 3, 8).permute(2, 0, 3, 1, 4)
+    weights = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(8), dim=-1)
+    expected = attention.proj((weights @ v).transpose(1, 2).reshape(2, 5, 24))
+    torch.testing.assert_close(attention(x), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(attention.attention_weights(x), weights, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+@pytest.mark.parametrize("pos_embedding", ["sincos", "learned"])
+def test_forward_shapes_and_every_parameter_gets_a_gradient(pool, pos_embedding):
+    torch.manual_seed(0)
+    model = tiny_vit(pool=pool, pos_embedding=pos_embedding, dropout=0.1)
+    with torch.no_grad():
+        model.head.weight.normal_()  # the head starts at zero, which would stop gradients reaching the body
+    logits = model(torch.randn(4, 1, 28, 28))
+    assert logits.shape == (4, 10)
+    F.cross_entropy(logits, torch.tensor([0, 1, 2, 3])).backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+        assert torch.isfinite(parameter.grad).all(), name
+
+
+def test_block_keeps_shape():
+    assert ViTBlock(dim=16, heads=2)(torch.randn(2, 9, 16)).shape == (2, 9, 16)
+
+
+def test_eval_is_deterministic_and_train_dropout_is_not():
+    torch.manual_seed(0)
+    model = tiny_vit(dropout=0.5)
+    model.head.weight.data.normal_()
+    x = torch.randn(2, 1, 28, 28)
+    model.eval()
+    torch.testing.assert_close(model(x), model(x))
+    model.train()
+    assert not torch.allclose(model(x), model(x))
+
+
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+def test_attention_rollout_is_a_distribution_over_the_patch_grid(pool):
+    model = tiny_vit(pool=pool).eval()
+    rollout = model.attention_rollout(torch.randn(3, 1, 28, 28))
+    assert rollout.shape == (3, 4, 4)
+    torch.testing.assert_close(rollout.sum(dim=(1, 2)), torch.ones(3))
+    assert (rollout >= 0).all()
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(patch_size=5), "not divisible by patch_size"),
+        (dict(dim=30, heads=4), "not divisible by heads"),
+        (dict(pool="max"), "pool must be"),
+        (dict(dropout=1.0), "dropout"),
+    ],
+)
+def test_invalid_settings_raise_value_error(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_vit(**overrides)
+
+
+def test_wrong_image_size_is_reported():
+    with pytest.raises(ValueError, match="expected 28x28 images"):
+        tiny_vit()(torch.randn(1, 1, 32, 32))

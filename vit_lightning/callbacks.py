@@ -1,0 +1,74 @@
+"""Callbacks a run uses: the per-epoch summary line and the prediction table."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import torch.distributed as dist
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+
+class EpochSummary(Callback):
+    """Print one line per epoch on rank 0: ``Epoch 3/30, Train Loss: 0.4100, Val Loss: 0.1200, Accuracy: 0.9712``."""
+
+    def __init__(self):
+        self._validated_epoch = -1
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._validated_epoch = trainer.current_epoch
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        metrics = trainer.callback_metrics
+        epoch = f"Epoch {trainer.current_epoch + 1}" + (f"/{trainer.max_epochs}" if trainer.max_epochs > 0 else "")
+        parts = [epoch]
+        if "train/loss" in metrics:
+            parts.append(f"Train Loss: {metrics['train/loss']:.4f}")
+        if self._validated_epoch == trainer.current_epoch and "val/loss" in metrics:
+            parts += [f"Val Loss: {metrics['val/loss']:.4f}", f"Accuracy: {metrics['val/acc']:.4f}"]
+        print(", ".join(parts), flush=True)
+
+
+class PredictionWriter(Callback):
+    """After ``predict``, print file, predicted class and confidence per image; optionally write them as CSV.
+
+    Under DDP the rows of all ranks are gathered to rank 0, which prints and writes them once.
+    """
+
+    def __init__(self, output: str | None = None):
+        self.output = output
+        self._rows: list[tuple[int, int, float]] = []
+
+    def on_predict_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._rows = []
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        confidence = outputs["probabilities"].max(dim=-1).values
+        self._rows += zip(outputs["index"].tolist(), outputs["prediction"].tolist(), confidence.tolist())
+
+    def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        rows = self._rows
+        if dist.is_available() and dist.is_initialized() and trainer.world_size > 1:
+            gathered: list[list] = [[] for _ in range(trainer.world_size)]
+            dist.all_gather_object(gathered, rows)
+            rows = [row for part in gathered for row in part]
+        if not trainer.is_global_zero:
+            return
+        names, classes = trainer.datamodule.predict_names, trainer.datamodule.classes
+        table = [(names[index], classes[label], confidence) for index, label, confidence in sorted(rows)]
+        width = max(len("file"), *(len(name) for name, _, _ in table))
+        print(f"{'file':<{width}}  {'class':<12} confidence")
+        for name, label, confidence in table:
+            print(f"{name:<{width}}  {label:<12} {confidence:.4f}")
+        if self.output:
+            path = Path(self.output)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["file", "class", "confidence"])
+                writer.writerows((name, label, f"{confidence:.6f}") for name, label, confidence in table)
+            print(f"wrote {len(table)} predictions to {path}")
+

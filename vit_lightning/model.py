@@ -1,0 +1,193 @@
+"""A Vision Transformer in plain PyTorch (no Lightning): patches, attention, blocks, head."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def create_patches(images: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Split a batch of images ``[B, C, H, W]`` into flattened patches ``[B, N, C * patch_size**2]``.
+
+    Patches are ordered row by row; each patch is flattened channel-first, then row, then column.
+    """
+    b, c, h, w = images.shape
+    if h % patch_size or w % patch_size:
+        raise ValueError(f"image size {h}x{w} is not divisible by patch_size={patch_size}")
+    gh, gw = h // patch_size, w // patch_size
+    patches = images.reshape(b, c, gh, patch_size, gw, patch_size)
+    return patches.permute(0, 2, 4, 1, 3, 5).reshape(b, gh * gw, c * patch_size * patch_size)
+
+
+def get_positional_embeddings(num_tokens: int, dim: int) -> torch.Tensor:
+    """Fixed 1-D sinusoidal position embeddings ``[num_tokens, dim]`` (Vaswani et al.)."""
+    if dim % 2:
+        raise ValueError(f"sinusoidal position embeddings need an even width, got {dim}")
+    position = torch.arange(num_tokens, dtype=torch.float32).unsqueeze(1)
+    frequency = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    embeddings = torch.zeros(num_tokens, dim)
+    embeddings[:, 0::2] = torch.sin(position * frequency)
+    embeddings[:, 1::2] = torch.cos(position * frequency)
+    return embeddings
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """Multi-head self-attention with one fused QKV projection and PyTorch's fused attention kernel."""
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"width {dim} is not divisible by heads={heads}")
+        self.heads = heads
+        self.head_dim = dim // heads
+        self.dropout = dropout
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def _split_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        b, n, _ = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return qkv[0], qkv[1], qkv[2]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._split_heads(x)
+        dropout = self.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+        return self.proj(out.transpose(1, 2).flatten(2))
+
+    def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """The softmax attention matrix ``[B, heads, N, N]`` (for visualisation, not training)."""
+        q, k, _ = self._split_heads(x)
+        return torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(self.head_dim), dim=-1)
+
+
+class ViTBlock(nn.Module):
+    """Pre-norm transformer block: ``x + Attention(LN(x))`` then ``x + MLP(LN(x))``."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0):
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = MultiHeadSelfAttention(dim, heads, dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim), nn.Dropout(dropout)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class VisionTransformer(nn.Module):
+    """ViT classifier: patch embedding, position embedding, ``depth`` blocks, class-token or mean pooling, head."""
+
+    def __init__(
+        self,
+        image_size: int = 28,
+        in_channels: int = 1,
+        patch_size: int = 4,
+        num_classes: int = 10,
+        dim: int = 192,
+        depth: int = 6,
+        heads: int = 3,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+        pool: Literal["cls", "mean"] = "cls",
+        pos_embedding: Literal["sincos", "learned"] = "sincos",
+    ):
+        super().__init__()
+        if image_size % patch_size:
+            raise ValueError(f"image_size={image_size} is not divisible by patch_size={patch_size}")
+        if dim % heads:
+            raise ValueError(f"dim={dim} is not divisible by heads={heads}")
+        if pool not in ("cls", "mean"):
+            raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
+        if pos_embedding not in ("sincos", "learned"):
+            raise ValueError(f"pos_embedding must be 'sincos' or 'learned', got {pos_embedding!r}")
+        if min(image_size, in_channels, patch_size, num_classes, dim, depth, heads) < 1 or mlp_ratio <= 0:
+            raise ValueError("sizes, depth, heads, classes and mlp_ratio must all be positive")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.pool = pool
+        self.grid_size = image_size // patch_size
+        num_tokens = self.grid_size**2 + (pool == "cls")
+
+        self.patch_embed = nn.Linear(in_channels * patch_size**2, dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if pool == "cls" else None
+        if pos_embedding == "learned":
+            self.pos_embedding = nn.Parameter(torch.randn(1, num_tokens, dim) * 0.02)
+        else:
+            self.register_buffer("pos_embedding", get_positional_embeddings(num_tokens, dim).unsqueeze(0))
+        self.dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(ViTBlock(dim, heads, mlp_ratio, dropout) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+        self.apply(_init_weights)
+        nn.init.zeros_(self.head.weight)
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Images ``[B, C, H, W]`` to input tokens ``[B, N, dim]`` (class token first, if any)."""
+        if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
+            raise ValueError(f"expected {self.image_size}x{self.image_size} images, got {tuple(images.shape[-2:])}")
+        tokens = self.patch_embed(create_patches(images, self.patch_size))
+        if self.cls_token is not None:
+            tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
+        return self.dropout(tokens + self.pos_embedding)
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.embed(images)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        pooled = features[:, 0] if self.pool == "cls" else features.mean(dim=1)
+        return self.head(pooled)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(images))
+
+    @torch.no_grad()
+    def attention_maps(self, images: torch.Tensor) -> torch.Tensor:
+        """Attention weights of every block, ``[depth, B, heads, N, N]`` (eval-mode forward)."""
+        maps = []
+        x = self.embed(images)
+        for block in self.blocks:
+            maps.append(block.attn.attention_weights(block.norm1(x)))
+            x = block(x)
+        return torch.stack(maps)
+
+    def attention_rollout(self, images: torch.Tensor) -> torch.Tensor:
+        """Attention rollout (Abnar & Zuidema, 2020) to the patch grid: ``[B, grid, grid]``, rows summing to 1.
+
+        Uses the class token's attention with ``pool='cls'``, the mean over tokens otherwise.
+        """
+        maps = self.attention_maps(images).mean(dim=2)  # average heads: [depth, B, N, N]
+        eye = torch.eye(maps.shape[-1], device=maps.device)
+        rollout = eye.expand_as(maps[0])
+        for attention in maps:
+            attention = 0.5 * attention + 0.5 * eye
+            rollout = (attention / attention.sum(dim=-1, keepdim=True)) @ rollout
+        if self.cls_token is not None:
+            relevance = rollout[:, 0, 1:]
+        else:
+            relevance = rollout.mean(dim=1)
+        relevance = relevance / relevance.sum(dim=-1, keepdim=True)
+        return relevance.reshape(-1, self.grid_size, self.grid_size)
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

@@ -1,0 +1,130 @@
+"""The LightningModule: a VisionTransformer with its loss, metrics, optimizer and learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import OptimizerCallable
+from torch.optim.lr_scheduler import LambdaLR, OneCycleLR
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from vit_lightning.model import VisionTransformer
+
+
+class ViTClassifier(LightningModule):
+    """Classify images with a VisionTransformer built from this module's own (saved) init arguments.
+
+    Expects normalised float images ``[B, C, H, W]`` and integer labels; a checkpoint alone restores it.
+    ``optimizer`` is any ``torch.optim`` class (``class_path``/``init_args`` in YAML); ``None`` means
+    ``AdamW(lr=1e-3, weight_decay=0.05)``. Weight decay skips biases, norms and position embeddings.
+    ``lr_schedule`` runs per optimizer step: linear warm-up for ``warmup_fraction`` of training, then cosine
+    decay to zero (``warmup_cosine``), PyTorch's ``OneCycleLR`` (``onecycle``), or ``constant``.
+    """
+
+    def __init__(
+        self,
+        image_size: int = 28,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        patch_size: int = 4,
+        dim: int = 192,
+        depth: int = 6,
+        heads: int = 3,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+        pool: Literal["cls", "mean"] = "cls",
+        pos_embedding: Literal["sincos", "learned"] = "sincos",
+        label_smoothing: float = 0.1,
+        optimizer: OptimizerCallable | None = None,
+        lr_schedule: Literal["warmup_cosine", "onecycle", "constant"] = "warmup_cosine",
+        warmup_fraction: float = 0.05,
+        compile: bool = False,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = VisionTransformer(
+            image_size=image_size, in_channels=in_channels, patch_size=patch_size, num_classes=num_classes,
+            dim=dim, depth=depth, heads=heads, mlp_ratio=mlp_ratio, dropout=dropout, pool=pool,
+            pos_embedding=pos_embedding,
+        )
+        if not 0.0 <= warmup_fraction < 1.0:
+            raise ValueError(f"warmup_fraction must be in [0, 1), got {warmup_fraction}")
+        self.optimizer = optimizer
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_loss = MeanMetric()
+        self.test_loss = MeanMetric()
+
+    def configure_model(self) -> None:
+        if self.hparams.compile and not getattr(self, "_compiled", False):
+            self.model.compile()  # in place: parameter names (and checkpoints) stay those of the plain model
+            self._compiled = True
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)
+
+    def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, targets, label_smoothing=self.hparams.label_smoothing)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, targets = batch
+        logits = self(images)
+        loss = self._loss(logits, targets)
+        self.train_acc(logits, targets)
+        self.log("train/batch_loss", loss, prog_bar=True)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, sync_dist=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        return loss
+
+    def _evaluate(self, batch, loss_metric: MeanMetric, acc_metric: MulticlassAccuracy, stage: str) -> None:
+        images, targets = batch
+        logits = self(images)
+        loss_metric.update(F.cross_entropy(logits, targets), weight=len(targets))
+        acc_metric.update(logits, targets)
+        self.log(f"{stage}/loss", loss_metric, prog_bar=stage == "val")
+        self.log(f"{stage}/acc", acc_metric, prog_bar=stage == "val")
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, self.val_loss, self.val_acc, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, self.test_loss, self.test_acc, "test")
+
+    def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        """Per image: its index in the predict set, the predicted class and the class probabilities."""
+        images, indices = batch
+        probabilities = torch.softmax(self(images).float(), dim=-1)
+        return {"index": indices, "prediction": probabilities.argmax(dim=-1), "probabilities": probabilities}
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, parameter in self.model.named_parameters():
+            (decay if parameter.ndim >= 2 and "pos_embedding" not in name else no_decay).append(parameter)
+        groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+        optimizer = self.optimizer(groups) if self.optimizer else torch.optim.AdamW(groups, lr=1e-3, weight_decay=0.05)
+        schedule = self.hparams.lr_schedule
+        if schedule == "constant":
+            return optimizer
+        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        if schedule == "onecycle":
+            max_lr = [group["lr"] for group in optimizer.param_groups]
+            scheduler = OneCycleLR(optimizer, max_lr=max_lr, total_steps=total_steps,
+                                   pct_start=max(self.hparams.warmup_fraction, 1e-3))
+        else:
+            warmup = int(self.hparams.warmup_fraction * total_steps)
+            scheduler = LambdaLR(optimizer, lambda step: _warmup_cosine(step, warmup, total_steps))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Learning-rate factor: linear from ~0 to 1 over ``warmup_steps``, then cosine to 0 at ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
