@@ -46,7 +46,8 @@ class ViTClassifier(LightningModule):
         compile: bool = False,
     ):
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["compile"])  # a run-time choice: a checkpoint must not impose it
+        self.compile_model = compile
         self.model = VisionTransformer(
             image_size=image_size, in_channels=in_channels, patch_size=patch_size, num_classes=num_classes,
             dim=dim, depth=depth, heads=heads, mlp_ratio=mlp_ratio, dropout=dropout, pool=pool,
@@ -62,7 +63,7 @@ class ViTClassifier(LightningModule):
         self.test_loss = MeanMetric()
 
     def configure_model(self) -> None:
-        if self.hparams.compile and not getattr(self, "_compiled", False):
+        if self.compile_model and not getattr(self, "_compiled", False):
             self.model.compile()  # in place: parameter names (and checkpoints) stay those of the plain model
             self._compiled = True
 
