@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import gzip
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from vit_lightning.data import SPLIT_FILES
-
-
-def write_idx(path: Path, array: np.ndarray) -> Path:
-    """Write a uint8 array as an IDX file (gzip-compressed when the name ends in .gz)."""
-    payload = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    payload += array.astype(np.uint8).tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    (gzip.open if path.suffix == ".gz" else open)(path, "wb").write(payload)
-    return path
+from vit_lightning.data import SPLIT_FILES, write_idx
 
 
 def make_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -35,11 +25,12 @@ def make_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def write_dataset(folder: Path, n_train: int = 240, n_test: int = 101, gz: bool = False) -> Path:
     """The four IDX files of a tiny dataset in ``folder``."""
     suffix = ".gz" if gz else ""
+    folder.mkdir(parents=True, exist_ok=True)
     for split, n, seed in (("train", n_train, 0), ("test", n_test, 1)):
         images, labels = make_split(n, seed)
         image_name, label_name = SPLIT_FILES[split]
-        write_idx(folder / f"{image_name}{suffix}", images)
-        write_idx(folder / f"{label_name}{suffix}", labels)
+        write_idx(folder / f"{image_name}{suffix}", torch.from_numpy(images))
+        write_idx(folder / f"{label_name}{suffix}", torch.from_numpy(labels))
     return folder
 
 

@@ -1,13 +1,12 @@
 import gzip
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from conftest import write_dataset, write_idx
+from conftest import write_dataset
 from vit_lightning.augment import RandomAffine
-from vit_lightning.data import MNISTDataModule, ShardSampler, find_idx_files, load_images, read_idx
+from vit_lightning.data import MNISTDataModule, ShardSampler, find_idx_files, load_images, read_idx, write_idx
 from vit_lightning.errors import UserError
 
 
@@ -17,7 +16,7 @@ def datamodule(root: Path, **overrides) -> MNISTDataModule:
 
 @pytest.mark.parametrize("gz", [False, True])
 def test_read_idx_round_trip(tmp_path, gz):
-    array = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    array = torch.arange(2 * 3 * 4, dtype=torch.uint8).reshape(2, 3, 4)
     tensor = read_idx(write_idx(tmp_path / ("x.idx" + (".gz" if gz else "")), array))
     assert tensor.dtype == torch.uint8
     assert tensor.tolist() == array.tolist()
@@ -101,7 +100,7 @@ def test_some_files_missing_are_named(tmp_path):
 
 @pytest.mark.parametrize("damage", ["magic", "truncated", "bad_gzip"])
 def test_corrupt_idx_files_are_reported(tmp_path, damage):
-    array = np.zeros((10, 28, 28), dtype=np.uint8)
+    array = torch.zeros(10, 28, 28, dtype=torch.uint8)
     if damage == "magic":
         path = write_idx(tmp_path / "x", array)
         path.write_bytes(b"\x00\x00\x0d\x03" + path.read_bytes()[4:])

@@ -63,6 +63,14 @@ def read_idx(path: Path) -> torch.Tensor:
     return torch.frombuffer(bytearray(data[header:]), dtype=torch.uint8).reshape(shape)
 
 
+def write_idx(path: Path, array: torch.Tensor) -> Path:
+    """Write a uint8 tensor as an IDX file (gzip-compressed when the name ends in ``.gz``); inverse of read_idx."""
+    header = bytes([0, 0, 0x08, array.dim()]) + struct.pack(f">{array.dim()}I", *array.shape)
+    with (gzip.open if path.suffix == ".gz" else open)(path, "wb") as f:
+        f.write(header + array.to(torch.uint8).contiguous().numpy().tobytes())
+    return path
+
+
 def find_idx_files(root: Path, dataset: str) -> dict[str, Path] | None:
     """The four IDX files, plain or ``.gz``, directly in ``root`` or in torchvision's ``root/<Name>/raw``.
 

@@ -1,0 +1,204 @@
+"""Training speed on the current device: ``python -m vit_lightning.benchmark --preset quick``.
+
+Prints, for one model preset (a config in ``configs/``): training images/s through the real Lightning Trainer
+and through a plain PyTorch loop over the same model, batches and augmentation (their ratio is Lightning's
+overhead), FLOPs per image and MFU against this device's measured dense-matmul peak, the data pipeline's share
+of the step time, peak memory, and inference images/s. Synthetic images go through the real IDX loading code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from lightning.pytorch import Callback, Trainer
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+from vit_lightning.data import SPLIT_FILES, MNISTDataModule, write_idx
+from vit_lightning.module import ViTClassifier
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def preset_model_args(preset: str) -> dict:
+    """The ``model`` settings of ``configs/default.yaml`` overridden by ``configs/<preset>.yaml``."""
+    args = yaml.safe_load((CONFIGS / "default.yaml").read_text())["model"]
+    if preset != "default":
+        args.update(yaml.safe_load((CONFIGS / f"{preset}.yaml").read_text()).get("model", {}))
+    args.pop("optimizer", None)  # both loops use the module's default AdamW at a constant learning rate
+    return {**args, "lr_schedule": "constant"}
+
+
+def write_synthetic_idx(folder: Path, n_train: int, n_test: int) -> None:
+    """Random 28x28 uint8 images and labels in the four IDX files (the real on-disk format)."""
+    generator = torch.Generator().manual_seed(0)
+    for split, n in (("train", n_train), ("test", n_test)):
+        image_name, label_name = SPLIT_FILES[split]
+        write_idx(folder / image_name, torch.randint(0, 256, (n, 28, 28), generator=generator, dtype=torch.uint8))
+        write_idx(folder / label_name, torch.randint(0, 10, (n,), generator=generator, dtype=torch.uint8))
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "32-true":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def matmul_peak(device: torch.device, precision: str, size: int, seconds: float = 2.0) -> float:
+    """Dense matmul FLOP/s measured here: ``size``-square products in the precision's compute dtype."""
+    dtype = torch.float32 if precision == "32-true" else (torch.bfloat16 if "bf16" in precision else torch.float16)
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    synchronize(device)
+    runs, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        runs += 1
+        if device.type == "cuda" and runs % 10:
+            continue
+        synchronize(device)
+    synchronize(device)
+    return 2 * size**3 * runs / (time.perf_counter() - start)
+
+
+# PyTorch's FLOP counter knows the GPU attention kernels; the CPU ones do the same arithmetic.
+CPU_ATTENTION_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *_, **__: sdpa_flop_count(q, k, v),
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward:
+        lambda grad, q, k, v, *_, **__: sdpa_backward_flop_count(grad, q, k, v),
+}
+
+
+class StepTimer(Callback):
+    """Wall time of training steps ``warmup`` .. end, batch fetching included."""
+
+    def __init__(self, warmup: int, device: torch.device):
+        self.warmup, self.device, self.start, self.end = warmup, device, 0.0, 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == self.warmup:
+            synchronize(self.device)
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        synchronize(self.device)
+        self.end = time.perf_counter()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default="quick", help="a config in configs/ with a model section (default quick)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed", "16-mixed"])
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=30, help="timed steps, after --warmup steps")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--peak-size", type=int, default=2048, help="matrix size for the matmul peak")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    model_args = {**preset_model_args(args.preset), "compile": args.compile}
+    steps = args.warmup + args.steps
+    n_train = args.batch_size * steps + 1
+
+    with tempfile.TemporaryDirectory() as root:
+        write_synthetic_idx(Path(root), n_train + 1000, 1000)
+        datamodule = MNISTDataModule(root=root, download=False, val_size=1000, batch_size=args.batch_size,
+                                     eval_batch_size=1024)
+        datamodule.setup("fit")
+
+        # Lightning: the real Trainer and LightningModule, one epoch of `steps` steps, no validation.
+        torch.manual_seed(0)
+        module = ViTClassifier(**model_args)
+        timer = StepTimer(args.warmup, device)
+        trainer = Trainer(accelerator=device.type, devices=1, precision=args.precision, max_steps=steps,
+                          limit_val_batches=0, logger=False, enable_checkpointing=False,
+                          enable_progress_bar=False, enable_model_summary=False, callbacks=[timer])
+        trainer.fit(module, datamodule=datamodule)
+        lightning_rate = args.steps * args.batch_size / (timer.end - timer.start)
+
+        # Plain PyTorch: the same model class, batches, augmentation and optimizer.
+        torch.manual_seed(0)
+        model = ViTClassifier(**model_args).model.to(device)
+        if args.compile:
+            model.compile()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+        loader = datamodule.train_dataloader()
+
+        def batches():
+            for images, targets in loader:
+                images = datamodule.transform(images.to(device, non_blocking=True), train=True)
+                yield images, targets.to(device, non_blocking=True)
+
+        step_times, data_time = [], 0.0
+        iterator = batches()
+        for step in range(steps):
+            synchronize(device)
+            start = time.perf_counter()
+            images, targets = next(iterator)
+            synchronize(device)
+            fetched = time.perf_counter()
+            with autocast(device, args.precision):
+                loss = torch.nn.functional.cross_entropy(model(images), targets, label_smoothing=0.1)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            synchronize(device)
+            if step >= args.warmup:
+                step_times.append(time.perf_counter() - start)
+                data_time += fetched - start
+        plain_rate = args.steps * args.batch_size / sum(step_times)
+
+        # FLOPs of one training step (forward + backward) per image.
+        with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter, autocast(device, args.precision):
+            torch.nn.functional.cross_entropy(model(images), targets).backward()
+        flops_per_image = counter.get_total_flops() / args.batch_size
+
+        # Inference: eval mode, inference_mode, the evaluation batch size.
+        model.eval()
+        eval_images = datamodule.transform(datamodule.datasets["val"].images.to(device), train=False)
+        with torch.inference_mode(), autocast(device, args.precision):
+            model(eval_images)
+            synchronize(device)
+            start = time.perf_counter()
+            for _ in range(3):
+                model(eval_images)
+            synchronize(device)
+        inference_rate = 3 * len(eval_images) / (time.perf_counter() - start)
+
+    peak = matmul_peak(device, args.precision, args.peak_size)
+    if device.type == "cuda":
+        memory = f"{torch.cuda.max_memory_allocated() / 2**20:.0f} MiB GPU (max allocated)"
+    else:
+        memory = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB (process peak RSS)"
+    parameters = sum(p.numel() for p in model.parameters())
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"preset {args.preset}: {parameters / 1e6:.2f}M parameters, {model_args}")
+    print(f"device {name}, precision {args.precision}, batch {args.batch_size}, {args.steps} timed steps"
+          f" after {args.warmup} warm-up{', compiled' if args.compile else ''}")
+    print(f"training images/s, Lightning Trainer : {lightning_rate:10.0f}")
+    print(f"training images/s, plain PyTorch loop: {plain_rate:10.0f}")
+    print(f"Lightning / plain ratio               : {lightning_rate / plain_rate:10.3f}")
+    print(f"training FLOPs per image (fwd+bwd)    : {flops_per_image / 1e6:10.1f} MFLOP")
+    print(f"measured matmul peak ({args.peak_size}^2)      : {peak / 1e9:10.1f} GFLOP/s")
+    print(f"MFU (Lightning images/s x FLOPs/peak) : {lightning_rate * flops_per_image / peak:10.1%}")
+    print(f"data pipeline share of step time      : {data_time / sum(step_times):10.1%}")
+    print(f"inference images/s                    : {inference_rate:10.0f}")
+    print(f"peak memory                           : {memory}")
+
+
+if __name__ == "__main__":
+    main()
