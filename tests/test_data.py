@@ -73,6 +73,12 @@ def test_random_affine_is_reproducible_from_its_seed():
     assert RandomAffine(degrees=0, translate=0, scale=(1.0, 1.0))(images) is images
 
 
+def test_random_affine_flip_mirrors_exactly():
+    images = torch.rand(3, 1, 28, 28)
+    flipped = RandomAffine(degrees=0, translate=0, scale=(1.0, 1.0), hflip=1.0)(images)
+    torch.testing.assert_close(flipped, images.flip(-1), atol=1e-5, rtol=0)
+
+
 def test_shard_sampler_train_shards_are_disjoint_and_eval_covers_everything_once():
     dataset = list(range(101))
     train = [list(ShardSampler(dataset, 2, rank, shuffle=True, seed=0)) for rank in (0, 1)]

@@ -188,6 +188,7 @@ class MNISTDataModule(LightningDataModule):
         degrees: float = 10.0,
         translate: float = 0.1,
         scale: tuple[float, float] = (0.9, 1.1),
+        hflip: float = 0.0,
         seed: int = 42,
         predict_path: str | None = None,
     ):
@@ -202,7 +203,7 @@ class MNISTDataModule(LightningDataModule):
         self.classes = self.info.classes
         self.num_classes = len(self.classes)
         self.image_size, self.in_channels = 28, 1
-        self.augmentation = RandomAffine(degrees, translate, scale, seed=seed) if augment else None
+        self.augmentation = RandomAffine(degrees, translate, scale, hflip, seed=seed) if augment else None
         self.predict_names: list[str] = []
         self.datasets: dict[str, InMemoryImages] = {}
 
