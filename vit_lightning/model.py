@@ -51,7 +51,7 @@ class MultiHeadSelfAttention(nn.Module):
     def _split_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b, n, _ = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        return qkv[0], qkv[1], qkv[2]
+        return qkv.unbind(0)  # unbind, not indexing: its backward stacks instead of filling zeros three times
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self._split_heads(x)
