@@ -210,7 +210,8 @@ class MNISTDataModule(LightningDataModule):
     def prepare_data(self) -> None:
         if find_idx_files(self.root, self.hparams.dataset) is not None:
             return
-        location = f"{self.root} or {self.root / self.info.folder / 'raw'}"
+        root = self.root.absolute()
+        location = f"{root} or {root / self.info.folder / 'raw'}"
         expected = ", ".join(name for pair in SPLIT_FILES.values() for name in pair)
         if not self.hparams.download:
             raise UserError(f"no {self.hparams.dataset} data in {location} (expected {expected}, plain or .gz); "
