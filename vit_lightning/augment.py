@@ -7,6 +7,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from vit_lightning.errors import SettingError
+
 
 class RandomAffine:
     """Random rotation, translation and scale for a batch ``[B, C, H, W]`` of float images.
@@ -18,7 +20,7 @@ class RandomAffine:
     def __init__(self, degrees: float = 10.0, translate: float = 0.1, scale: tuple[float, float] = (0.9, 1.1),
                  seed: int = 0):
         if degrees < 0 or not 0 <= translate < 1 or not 0 < scale[0] <= scale[1]:
-            raise ValueError(
+            raise SettingError(
                 f"augmentation needs degrees >= 0, 0 <= translate < 1 and 0 < scale[0] <= scale[1]; "
                 f"got degrees={degrees}, translate={translate}, scale={tuple(scale)}"
             )
