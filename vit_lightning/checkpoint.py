@@ -42,8 +42,9 @@ class Checkpoint(ModelCheckpoint):
       every ``every_n_train_steps`` before the monitored metric first exists;
     - all files are written atomically (:class:`AtomicCheckpointIO`);
     - with ``save_on_exception``, Ctrl-C (SIGINT) and SIGTERM save ``last.ckpt`` between two training batches and
-      print one line saying how to resume (SIGINT is deferred to the end of the running batch; a second one stops
-      at once); other exceptions save nothing, so a failure never overwrites a good checkpoint;
+      print one line saying how to resume (SIGINT waits for the running training batch, and any validation after
+      it, to finish; a second one stops at once); other exceptions save nothing, so a failure never overwrites a
+      good checkpoint;
     - a NaN or infinite loss stops training before its backward pass with :class:`NonFiniteLossError`, so the
       checkpoints keep the last good weights;
     - each checkpoint records the logger's folder, so a resumed run can continue the same metrics log.
@@ -82,10 +83,10 @@ class Checkpoint(ModelCheckpoint):
 
     def on_before_backward(self, trainer: Trainer, pl_module: LightningModule, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss).all():
-            kept = f"the last good checkpoint is {self.last_model_path}" if self.last_model_path else "no checkpoint was saved"
+            kept = f"the last good checkpoint is {self.last_model_path}" if self.last_model_path else "nothing saved"
             raise NonFiniteLossError(
                 f"the training loss is {loss.item()} at step {trainer.global_step} (epoch {trainer.current_epoch}); "
-                f"training stopped and {kept}; lower the learning rate or resume with --ckpt_path last"
+                f"training stopped and {kept}; lower the learning rate (then resume with --ckpt_path last)"
             )
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:

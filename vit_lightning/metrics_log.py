@@ -31,7 +31,9 @@ class ResumableCSVLogger(CSVLogger):
         ``log_dir`` is not one of this logger's folders, in which case a new version is started."""
         if self._experiment is not None:
             raise RuntimeError("continue_from must be called before anything is logged")
-        if log_dir is None or not Path(log_dir).is_dir() or Path(log_dir).parent.resolve() != Path(self.root_dir).resolve():
+        if log_dir is None or not Path(log_dir).is_dir():
+            return False
+        if Path(log_dir).parent.resolve() != Path(self.root_dir).resolve():
             return False
         self._version = Path(log_dir).name
         self._resume_step = global_step
