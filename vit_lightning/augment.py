@@ -7,6 +7,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from vit_lightning.errors import SettingError
+
 
 class RandomAffine:
     """Random rotation, translation, scale and (with probability ``hflip``) horizontal flip for a batch
@@ -19,7 +21,7 @@ class RandomAffine:
     def __init__(self, degrees: float = 10.0, translate: float = 0.1, scale: tuple[float, float] = (0.9, 1.1),
                  hflip: float = 0.0, seed: int = 0):
         if degrees < 0 or not 0 <= translate < 1 or not 0 < scale[0] <= scale[1] or not 0 <= hflip <= 1:
-            raise ValueError(
+            raise SettingError(
                 f"augmentation needs degrees >= 0, 0 <= translate < 1, 0 < scale[0] <= scale[1] and 0 <= hflip <= 1;"
                 f" got degrees={degrees}, translate={translate}, scale={tuple(scale)}, hflip={hflip}"
             )

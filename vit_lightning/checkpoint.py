@@ -1,14 +1,23 @@
-"""Checkpointing that a resumed run can rely on: ``last.ckpt`` at every save point, written atomically."""
+"""Checkpointing that a resumed run can rely on: ``last.ckpt`` at every save point and on interruption, written
+atomically, never holding the weights of a diverged run."""
 
 from __future__ import annotations
 
 import os
+import signal
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from vit_lightning.errors import UserError
 
 
 class AtomicCheckpointIO(_WrappingCheckpointIO):
@@ -21,17 +30,89 @@ class AtomicCheckpointIO(_WrappingCheckpointIO):
         os.replace(temporary, path)
 
 
-class Checkpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` that refreshes ``last.ckpt`` at every save point and writes all files atomically.
+class NonFiniteLossError(UserError):
+    """Training diverged: the loss became NaN or infinite."""
 
-    Lightning 2.6 rewrites ``last.ckpt`` only when a top-k checkpoint is saved at the same step, so an epoch
-    whose monitored metric did not improve would be lost on resume.
+
+class Checkpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` that a resumed run can rely on.
+
+    - ``last.ckpt`` is refreshed at every save point (Lightning 2.6 rewrites it only when a top-k checkpoint is
+      saved at the same step, so an epoch whose monitored metric did not improve would be lost on resume), also
+      every ``every_n_train_steps`` before the monitored metric first exists;
+    - all files are written atomically (:class:`AtomicCheckpointIO`);
+    - with ``save_on_exception``, Ctrl-C (SIGINT) and SIGTERM save ``last.ckpt`` between two training batches and
+      print one line saying how to resume (SIGINT waits for the running training batch, and any validation after
+      it, to finish; a second one stops at once); other exceptions save nothing, so a failure never overwrites a
+      good checkpoint;
+    - a NaN or infinite loss stops training before its backward pass with :class:`NonFiniteLossError`, so the
+      checkpoints keep the last good weights;
+    - each checkpoint records the logger's folder, so a resumed run can continue the same metrics log.
     """
+
+    INTERRUPTIONS = (KeyboardInterrupt, SIGTERMException)
+    _interrupt_requested = False
+    _previous_sigint_handler: Any = None
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         if not isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO):
             trainer.strategy.checkpoint_io = AtomicCheckpointIO(trainer.strategy.checkpoint_io)
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint["log_dir"] = trainer.log_dir
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._interrupt_requested = False
+        if self.save_on_exception and threading.current_thread() is threading.main_thread():
+            self._previous_sigint_handler = signal.signal(signal.SIGINT, self._defer_interrupt)
+
+    def _defer_interrupt(self, signum: int, frame: Any) -> None:
+        self._interrupt_requested = True
+        self._restore_sigint_handler()
+
+    def _restore_sigint_handler(self) -> None:
+        if self._previous_sigint_handler is not None:
+            signal.signal(signal.SIGINT, self._previous_sigint_handler)
+            self._previous_sigint_handler = None
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        if self._interrupt_requested:
+            raise KeyboardInterrupt
+
+    def on_before_backward(self, trainer: Trainer, pl_module: LightningModule, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss).all():
+            kept = f"the last good checkpoint is {self.last_model_path}" if self.last_model_path else "nothing saved"
+            raise NonFiniteLossError(
+                f"the training loss is {loss.item()} at step {trainer.global_step} (epoch {trainer.current_epoch}); "
+                f"training stopped and {kept}; lower the learning rate (then resume with --ckpt_path last)"
+            )
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self._every_n_train_steps >= 1 and trainer.global_step % self._every_n_train_steps == 0:
+            self._save_last_if_skipped(trainer)
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self._restore_sigint_handler()
+        if not isinstance(exception, self.INTERRUPTIONS) or trainer.state.fn != TrainerFn.FITTING:
+            return
+        if self._should_save_on_exception(trainer) and self.save_last:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        if not trainer.is_global_zero:
+            return
+        cause = "Ctrl-C" if isinstance(exception, KeyboardInterrupt) else "SIGTERM"
+        where = f"{cause}: stopped at epoch {trainer.current_epoch}, step {trainer.global_step}"
+        if self.last_model_path and os.path.isfile(self.last_model_path):
+            print(f"{where}; saved {self.last_model_path}; resume with the same command plus --ckpt_path last",
+                  file=sys.stderr)
+        else:
+            print(f"{where}; nothing to save yet", file=sys.stderr)
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._restore_sigint_handler()
+        super().teardown(trainer, pl_module, stage)
 
     def _save_last_if_skipped(self, trainer: Trainer) -> None:
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):

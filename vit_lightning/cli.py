@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from pathlib import Path
 
 import torch
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from vit_lightning.callbacks import PredictionWriter
 from vit_lightning.checkpoint import Checkpoint
 from vit_lightning.data import MNISTDataModule
 from vit_lightning.errors import UserError
+from vit_lightning.metrics_log import ResumableCSVLogger
 from vit_lightning.module import ViTClassifier
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
@@ -24,7 +28,8 @@ class ViTCLI(LightningCLI):
 
     Everything a run writes lives under ``--trainer.default_root_dir``: checkpoints in its fixed
     ``checkpoints/`` folder (so ``--ckpt_path last`` finds the previous run) and, unless another logger is
-    configured, CSV logs in ``logs/version_N/``.
+    configured, CSV logs in ``logs/version_N/``, which ``fit --ckpt_path`` continues. Output locations are
+    checked before anything runs, and a checkpoint must fit the model it is loaded into.
     """
 
     def __init__(self, args: list[str] | None = None, run: bool = True):
@@ -53,15 +58,34 @@ class ViTCLI(LightningCLI):
                 config.checkpoint.dirpath = str(root / "checkpoints")
             config.ckpt_path = resolve_checkpoint(config.ckpt_path, Path(config.checkpoint.dirpath),
                                                   fit=self.config.subcommand == "fit")
+            require_writable_folder(root, "--trainer.default_root_dir")
+            if self.config.subcommand == "fit":
+                require_writable_folder(Path(config.checkpoint.dirpath), "--checkpoint.dirpath")
+            if self.config.subcommand == "predict" and config.predictions.output:
+                output = Path(config.predictions.output)
+                if output.is_dir():
+                    raise UserError(f"--predictions.output {output} is a folder; give a file name such as "
+                                    f"{output / 'predictions.csv'}")
+                require_writable_folder(output.parent, "--predictions.output")
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         root = Path(config.trainer.default_root_dir or ".")
         if config.trainer.logger in (None, True):
             config.trainer.logger = Namespace(
-                class_path="lightning.pytorch.loggers.CSVLogger",
+                class_path=f"{ResumableCSVLogger.__module__}.{ResumableCSVLogger.__name__}",
                 init_args=Namespace(save_dir=str(root), name="logs"),
             )
+
+    def after_instantiate_classes(self) -> None:
+        super().after_instantiate_classes()
+        ckpt_path = self.config[self.subcommand].ckpt_path if self.subcommand else None
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        checkpoint = load_checkpoint(Path(ckpt_path))
+        require_fitting_state(self.model, checkpoint["state_dict"], ckpt_path)
+        if self.subcommand == "fit" and isinstance(self.trainer.logger, ResumableCSVLogger):
+            self.trainer.logger.continue_from(checkpoint.get("log_dir"), checkpoint["global_step"])
 
 
 def resolve_checkpoint(ckpt_path: str | None, checkpoint_dir: Path, fit: bool) -> str | None:
@@ -92,11 +116,12 @@ def resolve_checkpoint(ckpt_path: str | None, checkpoint_dir: Path, fit: bool) -
 
 
 def load_checkpoint(path: Path) -> dict:
-    """Load a Lightning checkpoint on the CPU, or raise a one-line :class:`UserError` saying why it is unusable."""
+    """Load a Lightning checkpoint on the CPU (memory-mapped: cheap to repeat), or raise a one-line
+    :class:`UserError` saying why it is unusable."""
     if not path.is_file():
         raise UserError(f"--ckpt_path {path} does not exist; pass an existing .ckpt file, 'last' or 'best'")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # noqa: BLE001 - any failure to unpickle means the same thing to the user
         raise UserError(f"--ckpt_path {path} is not a readable checkpoint ({type(error).__name__}); "
                         "pass a .ckpt file written by this project") from None
@@ -106,10 +131,39 @@ def load_checkpoint(path: Path) -> dict:
     return checkpoint
 
 
+def require_fitting_state(model: torch.nn.Module, state_dict: dict, ckpt_path: str) -> None:
+    """Raise a one-line :class:`UserError` when a checkpoint's weights do not fit ``model`` (another architecture)."""
+    expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    found = {name: tuple(tensor.shape) for name, tensor in state_dict.items()}
+    if expected == found:
+        return
+    differences = [f"{name} is {found[name]} in the checkpoint but {shape} in the model"
+                   for name, shape in expected.items() if name in found and found[name] != shape]
+    differences += [f"{name} is missing" for name in expected.keys() - found.keys()]
+    differences += [f"{name} is unexpected" for name in found.keys() - expected.keys()]
+    raise UserError(f"--ckpt_path {ckpt_path} does not fit this model ({len(differences)} differences, e.g. "
+                    f"{sorted(differences)[0]}); pass a checkpoint of this architecture or the --model settings "
+                    "it was trained with")
+
+
+def require_writable_folder(folder: Path, option: str) -> None:
+    """Raise a one-line :class:`UserError` unless ``folder`` exists or can be created, and can be written."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{option}: cannot create {folder} because {existing} is a file; choose another location")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{option}: {existing} is not writable; choose a location you can write to")
+
+
 def main(args: list[str] | None = None) -> None:
-    """Run the CLI; a :class:`UserError` becomes one line on stderr and exit status 1."""
+    """Run the CLI; a :class:`UserError` becomes one line on stderr and exit status 1, SIGTERM exit status 143
+    (after the checkpoint callback saved ``last.ckpt`` and said so)."""
     try:
         ViTCLI(args=args)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
+    except SIGTERMException:
+        sys.exit(128 + signal.SIGTERM)

@@ -3,3 +3,7 @@
 
 class UserError(Exception):
     """Bad input or environment: the message says what is wrong and how to fix it."""
+
+
+class SettingError(UserError, ValueError):
+    """A setting that cannot work (a ``ValueError`` for plain-Python callers, a :class:`UserError` for the CLI)."""

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vit_lightning.errors import SettingError
+
 
 def create_patches(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     """Split a batch of images ``[B, C, H, W]`` into flattened patches ``[B, N, C * patch_size**2]``.
@@ -26,7 +28,7 @@ def create_patches(images: torch.Tensor, patch_size: int) -> torch.Tensor:
 def get_positional_embeddings(num_tokens: int, dim: int) -> torch.Tensor:
     """Fixed 1-D sinusoidal position embeddings ``[num_tokens, dim]`` (Vaswani et al.)."""
     if dim % 2:
-        raise ValueError(f"sinusoidal position embeddings need an even width, got {dim}")
+        raise SettingError(f"sinusoidal position embeddings need an even width, got {dim}; use an even dim")
     position = torch.arange(num_tokens, dtype=torch.float32).unsqueeze(1)
     frequency = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
     embeddings = torch.zeros(num_tokens, dim)
@@ -102,17 +104,18 @@ class VisionTransformer(nn.Module):
     ):
         super().__init__()
         if image_size % patch_size:
-            raise ValueError(f"image_size={image_size} is not divisible by patch_size={patch_size}")
+            raise SettingError(f"image_size={image_size} is not divisible by patch_size={patch_size}; "
+                               f"choose a patch_size that divides {image_size}")
         if dim % heads:
-            raise ValueError(f"dim={dim} is not divisible by heads={heads}")
+            raise SettingError(f"dim={dim} is not divisible by heads={heads}; choose heads that divide dim")
         if pool not in ("cls", "mean"):
-            raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
+            raise SettingError(f"pool must be 'cls' or 'mean', got {pool!r}")
         if pos_embedding not in ("sincos", "learned"):
-            raise ValueError(f"pos_embedding must be 'sincos' or 'learned', got {pos_embedding!r}")
+            raise SettingError(f"pos_embedding must be 'sincos' or 'learned', got {pos_embedding!r}")
         if min(image_size, in_channels, patch_size, num_classes, dim, depth, heads) < 1 or mlp_ratio <= 0:
-            raise ValueError("sizes, depth, heads, classes and mlp_ratio must all be positive")
+            raise SettingError("sizes, depth, heads, classes and mlp_ratio must all be positive")
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+            raise SettingError(f"dropout must be in [0, 1), got {dropout}")
         self.image_size = image_size
         self.patch_size = patch_size
         self.pool = pool

@@ -13,6 +13,7 @@ from torch.optim.lr_scheduler import LambdaLR, OneCycleLR
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from vit_lightning.errors import SettingError
 from vit_lightning.model import VisionTransformer
 
 
@@ -54,7 +55,7 @@ class ViTClassifier(LightningModule):
             pos_embedding=pos_embedding,
         )
         if not 0.0 <= warmup_fraction < 1.0:
-            raise ValueError(f"warmup_fraction must be in [0, 1), got {warmup_fraction}")
+            raise SettingError(f"--model.warmup_fraction must be in [0, 1), got {warmup_fraction}")
         self.optimizer = optimizer
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")

@@ -1,0 +1,127 @@
+"""Bad input through the CLI: one line saying what is wrong and how to fix it, a non-zero exit, nothing written."""
+
+import gzip
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import tiny_args, write_dataset
+from vit_lightning.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def user_error(capsys, *args: str) -> str:
+    """Run the CLI in this process, expect the one-line ``error: ...`` of a user mistake, return that line."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    assert exit_info.value.code == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, errors
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny dataset and a run folder holding a one-epoch model's checkpoints."""
+    root = tmp_path_factory.mktemp("trained")
+    data_root = write_dataset(root / "data", gz=True)
+    main(["fit", *tiny_args(data_root, root / "run", "--trainer.max_epochs", "1")])
+    return data_root, root / "run"
+
+
+@pytest.mark.parametrize("flag, value, message", [("--model.dimm", "16", "unrecognized arguments: --model.dimm"),
+                                                  ("--trainer.max_epochs", "abc", "trainer.max_epochs")])
+def test_unknown_key_or_wrong_type_is_a_parser_error(tmp_path, capsys, flag, value, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--trainer.default_root_dir", str(tmp_path / "run"), flag, value])
+    assert exit_info.value.code == 2
+    stderr = capsys.readouterr().err
+    assert message in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_some_data_files_missing_are_named(tmp_path, capsys):
+    data_root = write_dataset(tmp_path / "data")
+    (data_root / "t10k-labels-idx1-ubyte").unlink()
+    error = user_error(capsys, "fit", *tiny_args(data_root, tmp_path / "run"))
+    assert "missing t10k-labels-idx1-ubyte" in error and "--data.root" in error
+
+
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize("damage", ["magic", "size"])
+def test_corrupt_idx_file_is_named(tmp_path, capsys, gz, damage):
+    data_root = write_dataset(tmp_path / "data", gz=gz)
+    path = data_root / ("train-images-idx3-ubyte" + (".gz" if gz else ""))
+    data = gzip.decompress(path.read_bytes()) if gz else path.read_bytes()
+    data = b"\x00\x00\x0d\x03" + data[4:] if damage == "magic" else data[:-28 * 28]
+    path.write_bytes(gzip.compress(data) if gz else data)
+    error = user_error(capsys, "fit", *tiny_args(data_root, tmp_path / "run"))
+    assert str(path) in error and ("not an IDX file" if damage == "magic" else "is corrupt") in error
+    assert "replace it" in error
+
+
+@pytest.mark.parametrize("flags, message", [(["--model.patch_size", "5"], "not divisible by patch_size=5"),
+                                            (["--model.heads", "3"], "dim=16 is not divisible by heads=3")])
+def test_impossible_model_settings_are_one_line(data_root, tmp_path, capsys, flags, message):
+    error = user_error(capsys, "fit", *tiny_args(data_root, tmp_path / "run", *flags))
+    assert message in error and "choose" in error
+    assert not (tmp_path / "run").exists()
+
+
+def test_impossible_model_settings_in_a_real_process(data_root, tmp_path):
+    result = subprocess.run([sys.executable, "train.py", "fit", *tiny_args(data_root, tmp_path / "run"),
+                             "--model.patch_size", "5"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1].startswith("error: image_size=28 is not divisible by patch_size=5")
+
+
+def test_checkpoint_of_another_architecture_is_one_line(trained, tmp_path, capsys):
+    data_root, run_dir = trained
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    del checkpoint["hyper_parameters"]  # as from a model that does not save them: the CLI's settings apply
+    other = tmp_path / "other.ckpt"
+    torch.save(checkpoint, other)
+    for subcommand in ("test", "fit"):
+        error = user_error(capsys, subcommand, *tiny_args(data_root, tmp_path / "run", "--model.dim", "32"),
+                           "--ckpt_path", str(other))
+        assert f"--ckpt_path {other} does not fit this model" in error
+        assert "(16,) in the checkpoint but (32,) in the model" in error and "--model settings" in error
+
+
+def test_predict_reports_bad_files_and_predicts_the_good_ones(trained, tmp_path, capsys):
+    data_root, run_dir = trained
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("L", (28, 28), 200).save(images / "good.png")
+    (images / "broken.png").write_bytes(b"not an image")
+    output = tmp_path / "predictions.csv"
+    main(["predict", *tiny_args(data_root, run_dir), "--ckpt_path", "last", "--data.predict_path", str(images),
+          "--predictions.output", str(output)])
+    assert f"skipped {images / 'broken.png'}: not a readable image" in capsys.readouterr().out
+    assert [line.split(",")[0] for line in output.read_text().splitlines()] == ["file", "good.png"]
+
+    (images / "good.png").unlink()
+    for path in (images, images / "broken.png"):
+        error = user_error(capsys, "predict", *tiny_args(data_root, run_dir), "--ckpt_path", "last",
+                           "--data.predict_path", str(path))
+        assert f"no readable images in --data.predict_path {path}" in error
+
+
+def test_unwritable_output_locations_fail_before_anything_runs(trained, tmp_path, capsys):
+    data_root, run_dir = trained
+    blocker = tmp_path / "a_file"
+    blocker.write_text("a file, not a folder")
+    error = user_error(capsys, "fit", *tiny_args(data_root, blocker / "run"))
+    assert error == (f"error: --trainer.default_root_dir: cannot create {blocker / 'run'} because {blocker} is a "
+                     "file; choose another location")
+    predict = ["predict", *tiny_args(data_root, run_dir), "--ckpt_path", "last", "--data.predict_path", str(tmp_path)]
+    error = user_error(capsys, *predict, "--predictions.output", str(blocker / "out.csv"))
+    assert error.startswith("error: --predictions.output: cannot create")
+    error = user_error(capsys, *predict, "--predictions.output", str(tmp_path))
+    assert error.startswith(f"error: --predictions.output {tmp_path} is a folder")
+    assert blocker.read_text() == "a file, not a folder"

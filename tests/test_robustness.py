@@ -1,0 +1,151 @@
+"""Interruptions and crashes lose nothing: real training processes are killed, signalled and resumed."""
+
+import csv
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from conftest import tiny_args
+from vit_lightning.checkpoint import AtomicCheckpointIO
+from vit_lightning.cli import main, resolve_checkpoint
+
+REPO = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+STEPS_PER_EPOCH = 5  # 200 training images (240 - 40 for validation) in batches of 40
+MAX_EPOCHS = 4
+
+
+def run_args(data_root: Path, run_dir: Path, *extra: str) -> list[str]:
+    return tiny_args(data_root, run_dir, "--trainer.max_epochs", str(MAX_EPOCHS),
+                     "--checkpoint.every_n_train_steps", "2", *extra)
+
+
+def start_fit(data_root: Path, run_dir: Path) -> subprocess.Popen:
+    """A slowed-down training process (0.2 s per batch), so the test can signal it mid-epoch."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
+    command = [sys.executable, "train.py", "fit", *run_args(data_root, run_dir),
+               "--trainer.callbacks+=hooks.Throttle"]
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def checkpoint_step(path: Path) -> int:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)["global_step"]
+    except (FileNotFoundError, RuntimeError, EOFError):
+        return -1
+
+
+def wait_for_checkpoint(process: subprocess.Popen, path: Path, min_step: int, timeout: float = 90) -> int:
+    """Poll until ``path`` holds a checkpoint at ``min_step`` or later; its step."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"training ended before a checkpoint at step {min_step}: {process.communicate()[1][-2000:]}")
+        step = checkpoint_step(path)
+        if step >= min_step:
+            return step
+        time.sleep(0.05)
+    process.kill()
+    pytest.fail(f"no checkpoint at step {min_step} within {timeout} s")
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    folders = sorted((run_dir / "logs").glob("version_*"))
+    assert [folder.name for folder in folders] == ["version_0"]  # the resumed run continued the same log
+    return list(csv.DictReader((folders[0] / "metrics.csv").open()))
+
+
+def assert_complete_and_continuous(run_dir: Path) -> None:
+    """Training reached ``MAX_EPOCHS`` and the log holds every step and every epoch exactly once."""
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert (last["epoch"], last["global_step"]) == (MAX_EPOCHS - 1, MAX_EPOCHS * STEPS_PER_EPOCH)
+    rows = metrics(run_dir)
+    batch_steps = [int(row["step"]) for row in rows if row["train/batch_loss"]]
+    assert batch_steps == list(range(MAX_EPOCHS * STEPS_PER_EPOCH))
+    for key in ("val/acc", "train/loss"):
+        assert [int(row["epoch"]) for row in rows if row[key]] == list(range(MAX_EPOCHS)), key
+
+
+def test_kill_9_mid_epoch_then_resume_continues_run_and_log(data_root, tmp_path):
+    run_dir = tmp_path / "run"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    process = start_fit(data_root, run_dir)
+    saved = wait_for_checkpoint(process, last, min_step=STEPS_PER_EPOCH + 2)  # a step checkpoint in epoch 1
+    process.kill()
+    process.communicate()
+    assert saved % STEPS_PER_EPOCH != 0 and checkpoint_step(last) >= saved
+    logged = [int(row["step"]) for row in metrics(run_dir) if row["train/batch_loss"]]
+    assert logged == list(range(len(logged))) and len(logged) >= saved  # on disk up to the kill
+    # A save cut short by the kill leaves a stale temporary file; resuming must ignore it.
+    (last.parent / "last.ckpt.tmp").write_bytes(b"half a checkpoint")
+
+    main(["fit", *run_args(data_root, run_dir), "--ckpt_path", "last"])
+    assert_complete_and_continuous(run_dir)
+    assert not (last.parent / "last.ckpt.tmp").exists()  # replaced by the next save
+
+
+@pytest.mark.parametrize("signum, status, cause", [(signal.SIGINT, 1, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")])
+def test_signal_saves_a_resumable_checkpoint_and_exits_cleanly(data_root, tmp_path, signum, status, cause):
+    run_dir = tmp_path / "run"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    process = start_fit(data_root, run_dir)
+    wait_for_checkpoint(process, last, min_step=STEPS_PER_EPOCH + 2)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == status and "Traceback" not in stderr
+    message = [line for line in stderr.splitlines() if line.startswith(f"{cause}: stopped")]
+    assert len(message) == 1 and f"saved {last}" in message[0] and "--ckpt_path last" in message[0]
+    step = int(message[0].split("step ")[1].split(";")[0])
+    assert checkpoint_step(last) == step  # saved at the interruption, not only at the last step checkpoint
+
+    main(["fit", *run_args(data_root, run_dir), "--ckpt_path", "last"])
+    assert_complete_and_continuous(run_dir)
+
+
+def test_nan_loss_stops_with_one_line_and_keeps_the_good_checkpoints(data_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(TESTS))
+    run_dir = tmp_path / "run"
+    diverge_at = STEPS_PER_EPOCH + 3
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *run_args(data_root, run_dir),
+              f'--trainer.callbacks+={{"class_path": "hooks.Diverge", "init_args": {{"step": {diverge_at}}}}}'])
+    assert exit_info.value.code == 1
+    stderr = capsys.readouterr().err
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in stderr and len(errors) == 1
+    assert errors[0].startswith(f"error: the training loss is nan at step {diverge_at} (epoch 1)")
+    checkpoints = sorted(path.name for path in (run_dir / "checkpoints").iterdir())
+    assert len(checkpoints) == 2 and checkpoints[0].startswith("epoch") and checkpoints[1] == "last.ckpt"
+    for name in checkpoints:
+        checkpoint = torch.load(run_dir / "checkpoints" / name, map_location="cpu", weights_only=True)
+        assert checkpoint["global_step"] <= diverge_at
+        assert all(torch.isfinite(tensor).all() for tensor in checkpoint["state_dict"].values()), name
+
+
+def test_failed_save_leaves_the_previous_last_checkpoint_intact(tmp_path):
+    io = AtomicCheckpointIO(TorchCheckpointIO())
+    last = tmp_path / "last.ckpt"
+    good = {"state_dict": {"weight": torch.ones(10)}, "global_step": 1}
+    io.save_checkpoint(good, last)
+    size = last.stat().st_size
+    # The next save runs out of space half-way: the file-size limit makes the write itself fail.
+    previous_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size * 2, hard))
+    try:
+        with pytest.raises(OSError):
+            io.save_checkpoint({"state_dict": {"weight": torch.zeros(100_000)}, "global_step": 2}, last)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous_handler)
+    assert resolve_checkpoint("last", tmp_path, fit=True) == str(last)
+    restored = torch.load(last, weights_only=True)
+    assert restored["global_step"] == 1 and torch.equal(restored["state_dict"]["weight"], torch.ones(10))

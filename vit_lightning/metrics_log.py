@@ -1,0 +1,70 @@
+"""The default metrics log: a CSV file per run that a resumed ``fit`` continues instead of starting anew."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+
+class ResumableCSVLogger(CSVLogger):
+    """``CSVLogger`` (``save_dir/name/version_N/metrics.csv``) that writes every row to disk as it is logged and
+    that a resumed run continues.
+
+    :meth:`continue_from` points it at the version folder the checkpoint's run logged to and drops the rows
+    logged after that checkpoint (a run killed mid-epoch logs those steps again), so the file has each step and
+    each epoch exactly once.
+    """
+
+    def __init__(self, save_dir: str, name: str = "logs", version: int | str | None = None, prefix: str = "",
+                 flush_logs_every_n_steps: int = 1):
+        super().__init__(save_dir, name=name, version=version, prefix=prefix,
+                         flush_logs_every_n_steps=flush_logs_every_n_steps)
+        self._resume_step: int | None = None
+
+    def continue_from(self, log_dir: str | None, global_step: int) -> bool:
+        """Log into ``log_dir`` (a version folder of this logger) from ``global_step`` on; ``False`` when
+        ``log_dir`` is not one of this logger's folders, in which case a new version is started."""
+        if self._experiment is not None:
+            raise RuntimeError("continue_from must be called before anything is logged")
+        if log_dir is None or not Path(log_dir).is_dir():
+            return False
+        if Path(log_dir).parent.resolve() != Path(self.root_dir).resolve():
+            return False
+        self._version = Path(log_dir).name
+        self._resume_step = global_step
+        return True
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None and self._resume_step is not None:
+            self._experiment = _ContinuedWriter(self.log_dir, self._resume_step)
+        return super().experiment
+
+
+class _ContinuedWriter(ExperimentWriter):
+    """An ``ExperimentWriter`` that keeps the rows of an existing ``metrics.csv`` logged before ``resume_step``
+    (Lightning's writer deletes the file)."""
+
+    def __init__(self, log_dir: str, resume_step: int):
+        self.resume_step = resume_step
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:
+        if not os.path.isfile(self.metrics_file_path):
+            return
+        with open(self.metrics_file_path, newline="") as file:
+            reader = csv.DictReader(file)
+            rows = [row for row in reader if row.get("step") and int(row["step"]) < self.resume_step]
+            self.metrics_keys = list(reader.fieldnames or [])
+        temporary = f"{self.metrics_file_path}.tmp"
+        with open(temporary, "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=self.metrics_keys)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(temporary, self.metrics_file_path)
