@@ -11,7 +11,7 @@ import yaml
 from PIL import Image
 
 from conftest import tiny_args
-from vit_lightning.cli import main
+from vit_lightning.cli import ViTCLI, main
 from vit_lightning.module import ViTClassifier
 
 REPO = Path(__file__).resolve().parent.parent
@@ -74,6 +74,17 @@ def test_resume_with_ckpt_path_last_continues_the_run(data_root, tmp_path):
     assert resumed["global_step"] == first["global_step"] * 3 // 2
     epochs = sorted({int(row["epoch"]) for row in read_metrics(run_dir) if row.get("val/acc")})
     assert epochs == [0, 1, 2]
+
+
+def test_training_shard_is_reshuffled_every_epoch(data_root, tmp_path):
+    cli = ViTCLI(["fit", *tiny_args(data_root, tmp_path / "run"), "--trainer.max_epochs", "3"])
+    sampler = cli.trainer.train_dataloader.sampler
+    assert sampler.epoch == 2  # Lightning called set_epoch on the project's sampler every epoch
+    orders = []
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        orders.append(list(sampler))
+    assert orders[0] != orders[1] and sorted(orders[0]) == sorted(orders[1])
 
 
 def test_print_config_is_complete_yaml(tmp_path):
