@@ -122,7 +122,8 @@ class VisionTransformer(nn.Module):
         self.grid_size = image_size // patch_size
         num_tokens = self.grid_size**2 + (pool == "cls")
 
-        self.patch_embed = nn.Linear(in_channels * patch_size**2, dim)
+        patch_dim = in_channels * patch_size**2
+        self.patch_embed = nn.Sequential(nn.LayerNorm(patch_dim), nn.Linear(patch_dim, dim), nn.LayerNorm(dim))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if pool == "cls" else None
         if pos_embedding == "learned":
             self.pos_embedding = nn.Parameter(torch.randn(1, num_tokens, dim) * 0.02)
@@ -188,7 +189,7 @@ class VisionTransformer(nn.Module):
 
 def _init_weights(module: nn.Module) -> None:
     if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
+        nn.init.xavier_uniform_(module.weight)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.LayerNorm):
