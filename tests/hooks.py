@@ -25,4 +25,5 @@ class Diverge(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
             with torch.no_grad():
-                pl_module.model.patch_embed.weight.fill_(float("nan"))
+                for parameter in pl_module.model.patch_embed.parameters():
+                    parameter.fill_(float("nan"))

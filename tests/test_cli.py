@@ -36,9 +36,19 @@ def test_fit_test_predict_through_the_cli(data_root, tmp_path, capsys):
     assert len(best) == 1 and best[0].name.startswith("epoch")
     metrics = read_metrics(run_dir)
     names = set(metrics[0])
-    assert {"train/loss", "train/acc", "val/loss", "val/acc", "epoch"} <= names
+    assert {"train/loss", "train/acc", "val/loss", "val/acc", "epoch", "train/images_per_sec"} <= names
     assert any(name.startswith("lr-") for name in names)
-    assert (run_dir / "logs" / "version_0" / "config.yaml").is_file()
+    log_dir = run_dir / "logs" / "version_0"
+    assert (log_dir / "config.yaml").is_file()
+    # The logger gets the complete resolved CLI config, not only the module's init arguments.
+    logged = yaml.safe_load((log_dir / "hparams.yaml").read_text())
+    assert logged["model"]["dim"] == 16 and logged["data"]["root"] == str(data_root)
+    assert logged["trainer"]["max_epochs"] == 2 and logged["seed_everything"] == 42
+    assert logged["parameters"] == sum(p.numel() for p in ViTClassifier(patch_size=7, dim=16, depth=1, heads=2).parameters())
+    assert "torch" in logged["versions"]
+    # Pictures of the last validation epoch go to PNG files, as the CSV logger takes no images.
+    assert sorted(p.name for p in (log_dir / "pictures").iterdir()) == [
+        f"val_{name}_epoch001.png" for name in ("attention", "confusion_matrix", "predictions")]
 
     # A checkpoint alone rebuilds the model.
     model = ViTClassifier.load_from_checkpoint(checkpoints / "last.ckpt", map_location="cpu")
@@ -47,6 +57,7 @@ def test_fit_test_predict_through_the_cli(data_root, tmp_path, capsys):
     main(["test", *tiny_args(data_root, run_dir), "--ckpt_path", "best"])
     test_rows = [row for row in read_metrics(run_dir) if row.get("test/acc")]
     assert len(test_rows) == 1 and 0.0 <= float(test_rows[0]["test/acc"]) <= 1.0
+    assert len(list(run_dir.glob("logs/version_*/pictures/test_confusion_matrix_epoch*.png"))) == 1
 
     images = tmp_path / "images"
     images.mkdir()

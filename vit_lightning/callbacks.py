@@ -1,8 +1,9 @@
-"""Callbacks a run uses: the per-epoch summary line and the prediction table."""
+"""Callbacks a run uses: the per-epoch summary line, the training speed and the prediction table."""
 
 from __future__ import annotations
 
 import csv
+import time
 from pathlib import Path
 
 import torch.distributed as dist
@@ -30,6 +31,31 @@ class EpochSummary(Callback):
         if self._validated_epoch == trainer.current_epoch and "val/loss" in metrics:
             parts += [f"Val Loss: {metrics['val/loss']:.4f}", f"Accuracy: {metrics['val/acc']:.4f}"]
         print(", ".join(parts), flush=True)
+
+
+class TrainingSpeed(Callback):
+    """Log ``train/images_per_sec`` once per epoch: images of all processes over the wall time from the start of
+    the epoch's first training batch to the end of its last (data loading included, validation excluded)."""
+
+    def __init__(self):
+        self._start: float | None = None
+        self._end = 0.0
+        self._images = 0
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._start, self._images = None, 0
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
+        if self._start is None:
+            self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        self._images += len(batch[0]) * trainer.world_size
+        self._end = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._start is not None and self._end > self._start:
+            pl_module.log("train/images_per_sec", self._images / (self._end - self._start))
 
 
 class PredictionWriter(Callback):

@@ -47,7 +47,8 @@ class Checkpoint(ModelCheckpoint):
       good checkpoint;
     - a NaN or infinite loss stops training before its backward pass with :class:`NonFiniteLossError`, so the
       checkpoints keep the last good weights;
-    - each checkpoint records the logger's folder, so a resumed run can continue the same metrics log.
+    - each checkpoint records the log folder and every logger's version (a W&B run id), so a resumed run can
+      continue the same metrics log and the same W&B run.
     """
 
     INTERRUPTIONS = (KeyboardInterrupt, SIGTERMException)
@@ -61,6 +62,7 @@ class Checkpoint(ModelCheckpoint):
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         checkpoint["log_dir"] = trainer.log_dir
+        checkpoint["logger_versions"] = {type(logger).__name__: logger.version for logger in trainer.loggers}
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_start(trainer, pl_module)

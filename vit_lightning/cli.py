@@ -18,6 +18,8 @@ from vit_lightning.data import MNISTDataModule
 from vit_lightning.errors import UserError
 from vit_lightning.metrics_log import ResumableCSVLogger
 from vit_lightning.module import ViTClassifier
+from vit_lightning.pictures import Pictures
+from vit_lightning.tracking import RunConfig, is_wandb_logger, prepare_wandb
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -39,6 +41,7 @@ class ViTCLI(LightningCLI):
             MNISTDataModule,
             seed_everything_default=42,
             parser_kwargs={subcommand: defaults for subcommand in SUBCOMMANDS},
+            save_config_callback=RunConfig,
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
             args=args,
@@ -48,6 +51,7 @@ class ViTCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(Checkpoint, "checkpoint")
         parser.add_lightning_class_args(PredictionWriter, "predictions")
+        parser.add_lightning_class_args(Pictures, "pictures")
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         super().parse_arguments(parser, args)
@@ -76,6 +80,19 @@ class ViTCLI(LightningCLI):
                 class_path=f"{ResumableCSVLogger.__module__}.{ResumableCSVLogger.__name__}",
                 init_args=Namespace(save_dir=str(root), name="logs"),
             )
+        loggers = config.trainer.logger if isinstance(config.trainer.logger, list) else [config.trainer.logger]
+        for logger in filter(is_wandb_logger, loggers):
+            prepare_wandb(logger, str(root), self._resumed_logger_version("WandbLogger"))
+        if config.trainer.enable_progress_bar is False:  # the default config's progress bar would contradict it
+            config.trainer.callbacks = [callback for callback in config.trainer.callbacks or []
+                                        if not callback.class_path.endswith("ProgressBar")]
+
+    def _resumed_logger_version(self, logger_name: str) -> str | None:
+        """The version (W&B: run id) that ``logger_name`` had in the checkpoint a ``fit`` resumes from."""
+        ckpt_path = self.config.fit.ckpt_path if self.subcommand == "fit" else None
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return None
+        return load_checkpoint(Path(ckpt_path)).get("logger_versions", {}).get(logger_name)
 
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()

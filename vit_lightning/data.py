@@ -197,7 +197,7 @@ class MNISTDataModule(LightningDataModule):
             raise UserError(f"unknown --data.dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
         if batch_size < 1 or eval_batch_size < 1:
             raise UserError(f"--data.batch_size and --data.eval_batch_size must be positive, got {batch_size}")
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # loggers get the whole CLI config (tracking.RunConfig)
         self.info = DATASETS[dataset]
         self.root = Path(root).expanduser()
         self.classes = self.info.classes

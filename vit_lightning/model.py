@@ -123,7 +123,7 @@ class VisionTransformer(nn.Module):
         num_tokens = self.grid_size**2 + (pool == "cls")
 
         patch_dim = in_channels * patch_size**2
-        self.patch_embed = nn.Sequential(nn.LayerNorm(patch_dim), nn.Linear(patch_dim, dim), nn.LayerNorm(dim))
+        self.patch_embed = nn.Sequential(nn.Linear(patch_dim, dim), nn.LayerNorm(dim))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if pool == "cls" else None
         if pos_embedding == "learned":
             self.pos_embedding = nn.Parameter(torch.randn(1, num_tokens, dim) * 0.02)

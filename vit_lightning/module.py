@@ -47,7 +47,8 @@ class ViTClassifier(LightningModule):
         compile: bool = False,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["compile"])  # a run-time choice: a checkpoint must not impose it
+        # compile is a run-time choice a checkpoint must not impose; loggers get the whole CLI config (RunConfig)
+        self.save_hyperparameters(ignore=["compile"], logger=False)
         self.compile_model = compile
         self.model = VisionTransformer(
             image_size=image_size, in_channels=in_channels, patch_size=patch_size, num_classes=num_classes,
@@ -84,19 +85,21 @@ class ViTClassifier(LightningModule):
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
         return loss
 
-    def _evaluate(self, batch, loss_metric: MeanMetric, acc_metric: MulticlassAccuracy, stage: str) -> None:
+    def _evaluate(self, batch, loss_metric: MeanMetric, acc_metric: MulticlassAccuracy, stage: str) -> torch.Tensor:
         images, targets = batch
         logits = self(images)
         loss_metric.update(F.cross_entropy(logits, targets), weight=len(targets))
         acc_metric.update(logits, targets)
         self.log(f"{stage}/loss", loss_metric, prog_bar=stage == "val")
         self.log(f"{stage}/acc", acc_metric, prog_bar=stage == "val")
+        return logits
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.val_loss, self.val_acc, "val")
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """The batch's logits (for callbacks such as :class:`~vit_lightning.pictures.Pictures`)."""
+        return self._evaluate(batch, self.val_loss, self.val_acc, "val")
 
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.test_loss, self.test_acc, "test")
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._evaluate(batch, self.test_loss, self.test_acc, "test")
 
     def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         """Per image: its index in the predict set, the predicted class and the class probabilities."""
