@@ -79,6 +79,12 @@ def test_random_affine_flip_mirrors_exactly():
     torch.testing.assert_close(flipped, images.flip(-1), atol=1e-5, rtol=0)
 
 
+def test_horizontal_flips_by_default_only_for_mirror_symmetric_datasets():
+    flips = {name: MNISTDataModule(dataset=name).augmentation.hflip for name in ("mnist", "fashion_mnist", "kmnist")}
+    assert flips == {"mnist": 0.0, "fashion_mnist": 0.5, "kmnist": 0.0}
+    assert MNISTDataModule(dataset="fashion_mnist", hflip=0.0).augmentation.hflip == 0.0
+
+
 def test_shard_sampler_train_shards_are_disjoint_and_eval_covers_everything_once():
     dataset = list(range(101))
     train = [list(ShardSampler(dataset, 2, rank, shuffle=True, seed=0)) for rank in (0, 1)]

@@ -30,6 +30,7 @@ class DatasetInfo:
     mean: float
     std: float
     classes: tuple[str, ...]
+    mirror_symmetric: bool = False  # a left-right flip keeps the class: horizontal flips are a free augmentation
 
 
 DATASETS = {
@@ -37,6 +38,7 @@ DATASETS = {
     "fashion_mnist": DatasetInfo(
         "FashionMNIST", 0.2860, 0.3530,
         ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+        mirror_symmetric=True,
     ),
     "kmnist": DatasetInfo("KMNIST", 0.1918, 0.3483, ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo")),
 }
@@ -173,6 +175,8 @@ class MNISTDataModule(LightningDataModule):
     Batches leave the loader as uint8; ``on_after_batch_transfer`` converts, augments (training only) and
     normalises them on the device the model runs on. ``batch_size`` is the global batch: each of N processes
     gets ``batch_size / N`` per step, so 1 and N devices train with the same steps and learning rate.
+    ``hflip=None`` flips half the training images of a mirror-symmetric dataset (Fashion-MNIST), none of the
+    digits or characters.
     """
 
     def __init__(
@@ -188,7 +192,7 @@ class MNISTDataModule(LightningDataModule):
         degrees: float = 10.0,
         translate: float = 0.1,
         scale: tuple[float, float] = (0.9, 1.1),
-        hflip: float = 0.0,
+        hflip: float | None = None,
         seed: int = 42,
         predict_path: str | None = None,
     ):
@@ -203,6 +207,8 @@ class MNISTDataModule(LightningDataModule):
         self.classes = self.info.classes
         self.num_classes = len(self.classes)
         self.image_size, self.in_channels = 28, 1
+        if hflip is None:  # flip clothes, not digits or characters
+            hflip = 0.5 if self.info.mirror_symmetric else 0.0
         self.augmentation = RandomAffine(degrees, translate, scale, hflip, seed=seed) if augment else None
         self.predict_names: list[str] = []
         self.datasets: dict[str, InMemoryImages] = {}
