@@ -160,6 +160,24 @@ def test_online_without_credentials_is_a_one_line_error(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_credentials_are_only_required_online(tmp_path, monkeypatch):
+    from jsonargparse import Namespace
+
+    from vit_lightning.errors import UserError
+    from vit_lightning.tracking import prepare_wandb
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_DIR", "WANDB_PROJECT"):
+        monkeypatch.delenv(name, raising=False)
+    for offline in ({"mode": "offline"}, {"offline": True}):
+        logger = Namespace(class_path="lightning.pytorch.loggers.WandbLogger", init_args=Namespace(**offline))
+        prepare_wandb(logger, str(tmp_path), resumed_run_id="abc123")
+        assert logger.init_args.save_dir == str(tmp_path) and logger.init_args.project == "vit-lightning"
+        assert logger.init_args.version == "abc123" and logger.init_args.resume == "allow"
+    with pytest.raises(UserError, match="wandb login"):
+        prepare_wandb(Namespace(init_args=Namespace()), str(tmp_path), resumed_run_id=None)
+
+
 def test_sweep_command_line_is_accepted_by_train_fit():
     sweep = yaml.safe_load((REPO / "configs" / "sweep.yaml").read_text())
     assert sweep["program"] == "train.py" and sweep["metric"]["name"] == "val/acc"

@@ -66,7 +66,8 @@ def prepare_wandb(logger: Namespace, root_dir: str, resumed_run_id: str | None) 
     if resumed_run_id and not (init_args.get("version") or init_args.get("id")):
         init_args.version = resumed_run_id
     init_args.resume = init_args.get("resume") or "allow"  # WandbLogger's own default, unless the config says otherwise
-    offline = init_args.get("offline") or os.environ.get("WANDB_MODE", "").lower() in OFFLINE_MODES
+    mode = init_args.get("mode") or os.environ.get("WANDB_MODE", "")
+    offline = init_args.get("offline") or mode.lower() in OFFLINE_MODES
     if not offline and not sys.stdin.isatty():
         import wandb
 
