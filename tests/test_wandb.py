@@ -1,5 +1,6 @@
 """Weights & Biases through the real wandb client in offline mode: what a run records, resume, DDP, sweeps."""
 
+import json
 import os
 import shutil
 import struct
@@ -111,7 +112,9 @@ def test_offline_run_records_config_metrics_pictures_and_checkpoints(wandb_fit):
     assert [Path(name).parent.as_posix() + "/" + Path(name).name.split("_")[0] for name in run.media] == [
         "val/attention", "val/confusion", "val/predictions"]
     # log_model: the best and the last checkpoint as model artifacts.
-    assert len(run.artifacts) >= 1 and all(artifact.type == "model" for artifact in run.artifacts)
+    assert all(artifact.type == "model" for artifact in run.artifacts)
+    saved = sorted(json.loads(artifact.metadata)["original_filename"] for artifact in run.artifacts)
+    assert len(saved) == 2 and saved[0].startswith("epoch") and saved[1] == "last.ckpt"
 
 
 def test_test_run_logs_test_metrics_and_pictures(wandb_fit):
