@@ -34,6 +34,8 @@ class ViTCLI(LightningCLI):
     checked before anything runs, and a checkpoint must fit the model it is loaded into.
     """
 
+    checkpoint: dict | None = None  # the --ckpt_path checkpoint, loaded (memory-mapped) once while parsing
+
     def __init__(self, args: list[str] | None = None, run: bool = True):
         defaults = {"default_config_files": [str(DEFAULT_CONFIG)]} if DEFAULT_CONFIG.is_file() else {}
         super().__init__(
@@ -62,6 +64,8 @@ class ViTCLI(LightningCLI):
                 config.checkpoint.dirpath = str(root / "checkpoints")
             config.ckpt_path = resolve_checkpoint(config.ckpt_path, Path(config.checkpoint.dirpath),
                                                   fit=self.config.subcommand == "fit")
+            if config.ckpt_path not in (None, "last"):  # "last" stays a name only for a fit with nothing to resume
+                self.checkpoint = load_checkpoint(Path(config.ckpt_path))
             require_writable_folder(root, "--trainer.default_root_dir")
             if self.config.subcommand == "fit":
                 require_writable_folder(Path(config.checkpoint.dirpath), "--checkpoint.dirpath")
@@ -89,24 +93,21 @@ class ViTCLI(LightningCLI):
 
     def _resumed_logger_version(self, logger_name: str) -> str | None:
         """The version (W&B: run id) that ``logger_name`` had in the checkpoint a ``fit`` resumes from."""
-        ckpt_path = self.config.fit.ckpt_path if self.subcommand == "fit" else None
-        if not ckpt_path or not Path(ckpt_path).is_file():
+        if self.subcommand != "fit" or self.checkpoint is None:
             return None
-        return load_checkpoint(Path(ckpt_path)).get("logger_versions", {}).get(logger_name)
+        return self.checkpoint.get("logger_versions", {}).get(logger_name)
 
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
-        ckpt_path = self.config[self.subcommand].ckpt_path if self.subcommand else None
-        if not ckpt_path or not Path(ckpt_path).is_file():
+        if self.checkpoint is None:
             return
-        checkpoint = load_checkpoint(Path(ckpt_path))
-        require_fitting_state(self.model, checkpoint["state_dict"], ckpt_path)
+        require_fitting_state(self.model, self.checkpoint["state_dict"], self.config[self.subcommand].ckpt_path)
         if self.subcommand == "fit" and isinstance(self.trainer.logger, ResumableCSVLogger):
-            self.trainer.logger.continue_from(checkpoint.get("log_dir"), checkpoint["global_step"])
+            self.trainer.logger.continue_from(self.checkpoint.get("log_dir"), self.checkpoint["global_step"])
 
 
 def resolve_checkpoint(ckpt_path: str | None, checkpoint_dir: Path, fit: bool) -> str | None:
-    """Turn ``best``/``last`` into the file in ``checkpoint_dir`` and check that a checkpoint file is usable.
+    """Turn ``best``/``last`` into the file in ``checkpoint_dir`` (the caller loads it with :func:`load_checkpoint`).
 
     A real path lets LightningCLI rebuild the model from the checkpoint's saved hyper-parameters. ``fit`` with
     ``last`` and no checkpoint yet stays ``last``: Lightning then warns and starts from scratch.
@@ -128,7 +129,6 @@ def resolve_checkpoint(ckpt_path: str | None, checkpoint_dir: Path, fit: bool) -
         if not best or not Path(best).is_file():
             raise UserError(f"--ckpt_path best: {last} names no best checkpoint that still exists; pass --ckpt_path PATH")
         return best
-    load_checkpoint(Path(ckpt_path))
     return ckpt_path
 
 
