@@ -5,7 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from vit_lightning.model import (
+    ConvTokenizer,
     MultiHeadSelfAttention,
+    SequencePooling,
     VisionTransformer,
     ViTBlock,
     create_patches,
@@ -47,11 +49,12 @@ def test_attention_equals_naive_reference():
     torch.testing.assert_close(attention.attention_weights(x), weights, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("pool", ["cls", "mean"])
+@pytest.mark.parametrize("tokenizer, patch_size", [("patch", 7), ("conv", 4)])
+@pytest.mark.parametrize("pool", ["cls", "mean", "seq"])
 @pytest.mark.parametrize("pos_embedding", ["sincos", "learned"])
-def test_forward_shapes_and_every_parameter_gets_a_gradient(pool, pos_embedding):
+def test_forward_shapes_and_every_parameter_gets_a_gradient(tokenizer, patch_size, pool, pos_embedding):
     torch.manual_seed(0)
-    model = tiny_vit(pool=pool, pos_embedding=pos_embedding, dropout=0.1)
+    model = tiny_vit(tokenizer=tokenizer, patch_size=patch_size, pool=pool, pos_embedding=pos_embedding, dropout=0.1)
     with torch.no_grad():
         model.head.weight.normal_()  # the head starts at zero, which would stop gradients reaching the body
     logits = model(torch.randn(4, 1, 28, 28))
@@ -77,7 +80,7 @@ def test_eval_is_deterministic_and_train_dropout_is_not():
     assert not torch.allclose(model(x), model(x))
 
 
-@pytest.mark.parametrize("pool", ["cls", "mean"])
+@pytest.mark.parametrize("pool", ["cls", "mean", "seq"])
 def test_attention_rollout_is_a_distribution_over_the_patch_grid(pool):
     model = tiny_vit(pool=pool).eval()
     rollout = model.attention_rollout(torch.randn(3, 1, 28, 28))
@@ -92,6 +95,8 @@ def test_attention_rollout_is_a_distribution_over_the_patch_grid(pool):
         (dict(patch_size=5), "not divisible by patch_size"),
         (dict(dim=30, heads=4), "not divisible by heads"),
         (dict(pool="max"), "pool must be"),
+        (dict(tokenizer="resnet"), "tokenizer must be"),
+        (dict(tokenizer="conv", patch_size=7), "power of two"),
         (dict(dropout=1.0), "dropout"),
     ],
 )
@@ -103,3 +108,36 @@ def test_invalid_settings_raise_value_error(overrides, message):
 def test_wrong_image_size_is_reported():
     with pytest.raises(ValueError, match="expected 28x28 images"):
         tiny_vit()(torch.randn(1, 1, 32, 32))
+
+
+def test_conv_tokenizer_halves_the_image_per_stage_and_doubles_channels_to_the_width():
+    tokenizer = ConvTokenizer(in_channels=1, dim=32, downsample=4)
+    convs = [layer for layer in tokenizer.stem if isinstance(layer, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.stride) for c in convs] == [(1, 16, (2, 2)), (16, 32, (2, 2))]
+    assert tokenizer(torch.randn(2, 1, 28, 28)).shape == (2, 49, 32)  # 28 -> 14 -> 7: a 7x7 grid of tokens
+    assert ConvTokenizer(in_channels=3, dim=8, downsample=2)(torch.randn(1, 3, 28, 28)).shape == (1, 196, 8)
+
+
+def test_conv_tokens_are_row_major_like_patches():
+    """Token i of the conv stem sees the image region of patch i: the grid is flattened row by row."""
+    torch.manual_seed(0)
+    model = tiny_vit(tokenizer="conv", patch_size=4).eval()
+    image = torch.zeros(1, 1, 28, 28)
+    image[..., 0:4, 24:28] = 5.0  # the top-right patch: token 6 of a 7x7 grid
+    changed = (model.patch_embed(image) - model.patch_embed(torch.zeros_like(image))).abs().sum(-1)[0]
+    assert changed.argmax() == 6
+
+
+def test_sequence_pooling_equals_naive_weighted_sum():
+    torch.manual_seed(0)
+    pool = SequencePooling(dim=8)
+    tokens = torch.randn(3, 5, 8)
+    weights = torch.softmax(tokens @ pool.score.weight[0] + pool.score.bias, dim=1)  # [B, N]
+    expected = (weights.unsqueeze(-1) * tokens).sum(dim=1)
+    torch.testing.assert_close(pool(tokens), expected)
+    torch.testing.assert_close(pool.weights(tokens).sum(dim=1), torch.ones(3))
+
+
+def test_no_weight_decay_names_the_class_token_and_learned_positions_only():
+    assert tiny_vit(pool="cls", pos_embedding="learned").no_weight_decay() == {"cls_token", "pos_embedding"}
+    assert tiny_vit(pool="seq", pos_embedding="sincos").no_weight_decay() == set()  # a buffer is not decayed anyway

@@ -1,4 +1,4 @@
-"""A Vision Transformer in plain PyTorch (no Lightning): patches, attention, blocks, head."""
+"""A Vision Transformer in plain PyTorch (no Lightning): tokenizers, attention, blocks, pooling, head."""
 
 from __future__ import annotations
 
@@ -35,6 +35,57 @@ def get_positional_embeddings(num_tokens: int, dim: int) -> torch.Tensor:
     embeddings[:, 0::2] = torch.sin(position * frequency)
     embeddings[:, 1::2] = torch.cos(position * frequency)
     return embeddings
+
+
+class ConvTokenizer(nn.Module):
+    """Convolutional stem ("Early Convolutions Help Transformers See Better", Xiao et al. 2021): stride-2 3x3
+    convolutions with BatchNorm and ReLU, one per halving, from ``[B, C, H, W]`` to tokens ``[B, N, dim]``.
+
+    ``downsample`` (a power of two) plays the part of the patch size: 4 turns 28x28 images into 7x7 tokens.
+    Channels double towards ``dim`` (e.g. 1 -> dim/2 -> dim for two stages).
+    """
+
+    def __init__(self, in_channels: int, dim: int, downsample: int):
+        super().__init__()
+        stages = downsample.bit_length() - 1
+        if downsample < 2 or 2**stages != downsample:
+            raise SettingError(f"the conv tokenizer halves the image per stage, so patch_size must be a power of two "
+                               f"(2, 4, ...), got {downsample}; use --model.tokenizer patch for other sizes")
+        widths = [in_channels] + [max(1, dim // 2 ** (stages - 1 - i)) for i in range(stages)]
+        layers = []
+        for width_in, width_out in zip(widths, widths[1:]):
+            layers += [nn.Conv2d(width_in, width_out, 3, stride=2, padding=1, bias=False),
+                       nn.BatchNorm2d(width_out), nn.ReLU(inplace=True)]
+        self.stem = nn.Sequential(*layers)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.stem(images).flatten(2).transpose(1, 2)
+
+
+class PatchTokenizer(nn.Sequential):
+    """The origin's patch embedding: non-overlapping patches, each a Linear projection followed by LayerNorm."""
+
+    def __init__(self, in_channels: int, dim: int, patch_size: int):
+        super().__init__(nn.Linear(in_channels * patch_size**2, dim), nn.LayerNorm(dim))
+        self.patch_size = patch_size
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return super().forward(create_patches(images, self.patch_size))
+
+
+class SequencePooling(nn.Module):
+    """CCT's sequence pooling (Hassani et al. 2021): a softmax-weighted sum of the tokens, weights learned."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.score = nn.Linear(dim, 1)
+
+    def weights(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Pooling weights ``[B, N]``, summing to 1 over the tokens."""
+        return torch.softmax(self.score(tokens).squeeze(-1), dim=-1)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return (self.weights(tokens).unsqueeze(1) @ tokens).squeeze(1)
 
 
 class MultiHeadSelfAttention(nn.Module):
@@ -86,7 +137,12 @@ class ViTBlock(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-    """ViT classifier: patch embedding, position embedding, ``depth`` blocks, class-token or mean pooling, head."""
+    """ViT classifier: tokenizer, position embedding, ``depth`` blocks, pooling, head.
+
+    ``tokenizer``: ``patch`` (linear patch embedding) or ``conv`` (:class:`ConvTokenizer`, ``patch_size`` a power of
+    two); either way the image becomes a ``(image_size / patch_size)``-square grid of tokens.
+    ``pool``: the class token (``cls``), the mean of the tokens (``mean``) or :class:`SequencePooling` (``seq``).
+    """
 
     def __init__(
         self,
@@ -99,8 +155,9 @@ class VisionTransformer(nn.Module):
         heads: int = 3,
         mlp_ratio: float = 4.0,
         dropout: float = 0.0,
-        pool: Literal["cls", "mean"] = "cls",
+        pool: Literal["cls", "mean", "seq"] = "cls",
         pos_embedding: Literal["sincos", "learned"] = "sincos",
+        tokenizer: Literal["patch", "conv"] = "patch",
     ):
         super().__init__()
         if image_size % patch_size:
@@ -108,8 +165,10 @@ class VisionTransformer(nn.Module):
                                f"choose a patch_size that divides {image_size}")
         if dim % heads:
             raise SettingError(f"dim={dim} is not divisible by heads={heads}; choose heads that divide dim")
-        if pool not in ("cls", "mean"):
-            raise SettingError(f"pool must be 'cls' or 'mean', got {pool!r}")
+        if pool not in ("cls", "mean", "seq"):
+            raise SettingError(f"pool must be 'cls', 'mean' or 'seq', got {pool!r}")
+        if tokenizer not in ("patch", "conv"):
+            raise SettingError(f"tokenizer must be 'patch' or 'conv', got {tokenizer!r}")
         if pos_embedding not in ("sincos", "learned"):
             raise SettingError(f"pos_embedding must be 'sincos' or 'learned', got {pos_embedding!r}")
         if min(image_size, in_channels, patch_size, num_classes, dim, depth, heads) < 1 or mlp_ratio <= 0:
@@ -122,8 +181,10 @@ class VisionTransformer(nn.Module):
         self.grid_size = image_size // patch_size
         num_tokens = self.grid_size**2 + (pool == "cls")
 
-        patch_dim = in_channels * patch_size**2
-        self.patch_embed = nn.Sequential(nn.Linear(patch_dim, dim), nn.LayerNorm(dim))
+        if tokenizer == "conv":
+            self.patch_embed: nn.Module = ConvTokenizer(in_channels, dim, patch_size)
+        else:
+            self.patch_embed = PatchTokenizer(in_channels, dim, patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if pool == "cls" else None
         if pos_embedding == "learned":
             self.pos_embedding = nn.Parameter(torch.randn(1, num_tokens, dim) * 0.02)
@@ -132,6 +193,7 @@ class VisionTransformer(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(ViTBlock(dim, heads, mlp_ratio, dropout) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
+        self.sequence_pool = SequencePooling(dim) if pool == "seq" else None
         self.head = nn.Linear(dim, num_classes)
         self.apply(_init_weights)
         nn.init.zeros_(self.head.weight)
@@ -140,7 +202,7 @@ class VisionTransformer(nn.Module):
         """Images ``[B, C, H, W]`` to input tokens ``[B, N, dim]`` (class token first, if any)."""
         if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
             raise ValueError(f"expected {self.image_size}x{self.image_size} images, got {tuple(images.shape[-2:])}")
-        tokens = self.patch_embed(create_patches(images, self.patch_size))
+        tokens = self.patch_embed(images)
         if self.cls_token is not None:
             tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
         return self.dropout(tokens + self.pos_embedding)
@@ -152,8 +214,17 @@ class VisionTransformer(nn.Module):
         return self.norm(x)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        pooled = features[:, 0] if self.pool == "cls" else features.mean(dim=1)
+        if self.pool == "cls":
+            pooled = features[:, 0]
+        elif self.pool == "seq":
+            pooled = self.sequence_pool(features)
+        else:
+            pooled = features.mean(dim=1)
         return self.head(pooled)
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of the parameters that take no weight decay besides biases and norms (timm's convention)."""
+        return {name for name in ("cls_token", "pos_embedding") if isinstance(getattr(self, name), nn.Parameter)}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(images))
@@ -171,7 +242,8 @@ class VisionTransformer(nn.Module):
     def attention_rollout(self, images: torch.Tensor) -> torch.Tensor:
         """Attention rollout (Abnar & Zuidema, 2020) to the patch grid: ``[B, grid, grid]``, rows summing to 1.
 
-        Uses the class token's attention with ``pool='cls'``, the mean over tokens otherwise.
+        Uses the class token's attention with ``pool='cls'``, the pooling weights with ``pool='seq'``, the mean
+        over tokens with ``pool='mean'``.
         """
         maps = self.attention_maps(images).mean(dim=2)  # average heads: [depth, B, N, N]
         eye = torch.eye(maps.shape[-1], device=maps.device)
@@ -179,8 +251,11 @@ class VisionTransformer(nn.Module):
         for attention in maps:
             attention = 0.5 * attention + 0.5 * eye
             rollout = (attention / attention.sum(dim=-1, keepdim=True)) @ rollout
-        if self.cls_token is not None:
+        if self.pool == "cls":
             relevance = rollout[:, 0, 1:]
+        elif self.pool == "seq":
+            weights = self.sequence_pool.weights(self.forward_features(images))  # [B, N]
+            relevance = (weights.unsqueeze(1) @ rollout).squeeze(1)
         else:
             relevance = rollout.mean(dim=1)
         relevance = relevance / relevance.sum(dim=-1, keepdim=True)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
-from torch.optim.lr_scheduler import LambdaLR, OneCycleLR
+from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -22,9 +22,13 @@ class ViTClassifier(LightningModule):
 
     Expects normalised float images ``[B, C, H, W]`` and integer labels; a checkpoint alone restores it.
     ``optimizer`` is any ``torch.optim`` class (``class_path``/``init_args`` in YAML); ``None`` means
-    ``AdamW(lr=1e-3, weight_decay=0.05)``. Weight decay skips biases, norms and position embeddings.
+    ``AdamW(lr=1e-3, weight_decay=0.05)``. Weight decay skips biases, norms and what the model's
+    ``no_weight_decay()`` names (class token, learned position embeddings).
     ``lr_schedule`` runs per optimizer step: linear warm-up for ``warmup_fraction`` of training, then cosine
-    decay to zero (``warmup_cosine``), PyTorch's ``OneCycleLR`` (``onecycle``), or ``constant``.
+    decay to zero (``warmup_cosine``), one-cycle (``onecycle``: cosine up from 1/25, cosine down to zero at the
+    last step), or ``constant``.
+    ``test_time_flip`` makes validation and test average the logits of each image and its mirror image (only
+    for data whose classes are mirror-symmetric, such as Fashion-MNIST); like ``compile`` it is not saved.
     """
 
     def __init__(
@@ -38,22 +42,25 @@ class ViTClassifier(LightningModule):
         heads: int = 3,
         mlp_ratio: float = 4.0,
         dropout: float = 0.0,
-        pool: Literal["cls", "mean"] = "cls",
+        pool: Literal["cls", "mean", "seq"] = "cls",
         pos_embedding: Literal["sincos", "learned"] = "sincos",
+        tokenizer: Literal["patch", "conv"] = "patch",
         label_smoothing: float = 0.1,
         optimizer: OptimizerCallable | None = None,
         lr_schedule: Literal["warmup_cosine", "onecycle", "constant"] = "warmup_cosine",
         warmup_fraction: float = 0.05,
         compile: bool = False,
+        test_time_flip: bool = False,
     ):
         super().__init__()
-        # compile is a run-time choice a checkpoint must not impose; loggers get the whole CLI config (RunConfig)
-        self.save_hyperparameters(ignore=["compile"], logger=False)
+        # run-time choices a checkpoint must not impose; loggers get the whole CLI config (RunConfig)
+        self.save_hyperparameters(ignore=["compile", "test_time_flip"], logger=False)
         self.compile_model = compile
+        self.test_time_flip = test_time_flip
         self.model = VisionTransformer(
             image_size=image_size, in_channels=in_channels, patch_size=patch_size, num_classes=num_classes,
             dim=dim, depth=depth, heads=heads, mlp_ratio=mlp_ratio, dropout=dropout, pool=pool,
-            pos_embedding=pos_embedding,
+            pos_embedding=pos_embedding, tokenizer=tokenizer,
         )
         if not 0.0 <= warmup_fraction < 1.0:
             raise SettingError(f"--model.warmup_fraction must be in [0, 1), got {warmup_fraction}")
@@ -88,6 +95,8 @@ class ViTClassifier(LightningModule):
     def _evaluate(self, batch, loss_metric: MeanMetric, acc_metric: MulticlassAccuracy, stage: str) -> torch.Tensor:
         images, targets = batch
         logits = self(images)
+        if self.test_time_flip:
+            logits = (logits + self(images.flip(-1))) / 2
         loss_metric.update(F.cross_entropy(logits, targets), weight=len(targets))
         acc_metric.update(logits, targets)
         self.log(f"{stage}/loss", loss_metric, prog_bar=stage == "val")
@@ -109,27 +118,39 @@ class ViTClassifier(LightningModule):
 
     def configure_optimizers(self):
         decay, no_decay = [], []
+        skip = self.model.no_weight_decay()
         for name, parameter in self.model.named_parameters():
-            (decay if parameter.ndim >= 2 and "pos_embedding" not in name else no_decay).append(parameter)
+            (decay if parameter.ndim >= 2 and name not in skip else no_decay).append(parameter)
         groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
         optimizer = self.optimizer(groups) if self.optimizer else torch.optim.AdamW(groups, lr=1e-3, weight_decay=0.05)
         schedule = self.hparams.lr_schedule
         if schedule == "constant":
             return optimizer
         total_steps = max(1, int(self.trainer.estimated_stepping_batches))
-        if schedule == "onecycle":
-            max_lr = [group["lr"] for group in optimizer.param_groups]
-            scheduler = OneCycleLR(optimizer, max_lr=max_lr, total_steps=total_steps,
-                                   pct_start=max(self.hparams.warmup_fraction, 1e-3))
-        else:
-            warmup = int(self.hparams.warmup_fraction * total_steps)
-            scheduler = LambdaLR(optimizer, lambda step: _warmup_cosine(step, warmup, total_steps))
+        warmup_steps = int(self.hparams.warmup_fraction * total_steps)
+        factor = _one_cycle if schedule == "onecycle" else _warmup_cosine
+        scheduler = LambdaLR(optimizer, lambda step: factor(step, warmup_steps, total_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
+def _cosine(progress: float) -> float:
+    """1 at ``progress`` 0, falling along a half cosine to 0 at ``progress`` >= 1."""
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, progress))))
+
+
 def _warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
-    """Learning-rate factor: linear from ~0 to 1 over ``warmup_steps``, then cosine to 0 at ``total_steps``."""
+    """Learning-rate factor: linear from ~0 to 1 over ``warmup_steps``, then cosine to 0 at the last step.
+
+    Defined for any step count from 1 up, and for steps past ``total_steps`` (0: a resume with fewer epochs).
+    """
     if step < warmup_steps:
         return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return _cosine((step - warmup_steps) / max(1, total_steps - 1 - warmup_steps))
+
+
+def _one_cycle(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Smith's one-cycle factor, as PyTorch's ``OneCycleLR`` shapes it: a half cosine up from 1/25 to 1 over
+    ``warmup_steps``, then down to 0 at the last step; defined for any step count, like :func:`_warmup_cosine`."""
+    if step < warmup_steps:
+        return 1.0 - (1.0 - 1.0 / 25) * _cosine(step / warmup_steps)
+    return _cosine((step - warmup_steps) / max(1, total_steps - 1 - warmup_steps))

@@ -1,0 +1,60 @@
+"""The LightningModule on its own: learning-rate schedules, weight-decay groups, test-time flips."""
+
+import math
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+
+from vit_lightning.data import MNISTDataModule
+from vit_lightning.module import ViTClassifier, _one_cycle, _warmup_cosine
+
+TINY = dict(patch_size=7, dim=16, depth=1, heads=2)
+
+
+@pytest.mark.parametrize("factor", [_one_cycle, _warmup_cosine])
+@pytest.mark.parametrize("total_steps", [1, 2, 3, 19, 20, 21, 400])
+@pytest.mark.parametrize("warmup_fraction", [0.0, 0.05, 0.3])
+def test_schedules_are_defined_for_any_step_count_and_reach_zero(factor, total_steps, warmup_fraction):
+    warmup = int(warmup_fraction * total_steps)
+    values = [factor(step, warmup, total_steps) for step in range(total_steps + 3)]  # +3: a resume with fewer steps
+    assert all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in values)
+    assert max(values) == pytest.approx(1.0)
+    if total_steps > 1:
+        assert values[total_steps - 1] == pytest.approx(0.0, abs=1e-12)  # one-cycle: zero at the last step
+
+
+def test_one_cycle_rises_from_a_twenty_fifth_to_the_peak_then_falls():
+    values = [_one_cycle(step, 10, 100) for step in range(100)]
+    assert values[0] == pytest.approx(1 / 25)
+    assert values[10] == pytest.approx(1.0)
+    assert values[:11] == sorted(values[:11]) and values[10:] == sorted(values[10:], reverse=True)
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "warmup_cosine", "constant"])
+def test_a_one_step_run_trains_with_every_schedule(data_root, tmp_path, schedule):
+    model = ViTClassifier(**TINY, lr_schedule=schedule)
+    data = MNISTDataModule(root=str(data_root), download=False, val_size=40, batch_size=40)
+    trainer = Trainer(accelerator="cpu", max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(model, data)
+    assert trainer.global_step == 1
+
+
+def test_class_token_and_learned_positions_take_no_weight_decay():
+    model = ViTClassifier(**TINY, pool="cls", pos_embedding="learned", lr_schedule="constant")
+    decay, no_decay = model.configure_optimizers().param_groups
+    ids = {id(p) for p in no_decay["params"]}
+    assert id(model.model.cls_token) in ids and id(model.model.pos_embedding) in ids
+    assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] > 0
+    assert all(p.ndim >= 2 for p in decay["params"])
+
+
+def test_test_time_flip_averages_the_logits_of_the_image_and_its_mirror():
+    torch.manual_seed(0)
+    model = ViTClassifier(**TINY, test_time_flip=True).eval()
+    model.model.head.weight.data.normal_()
+    images, targets = torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
+    logits = model.validation_step((images, targets), 0)
+    torch.testing.assert_close(logits, (model(images) + model(images.flip(-1))) / 2)
+    assert "test_time_flip" not in model.hparams  # a run-time choice, not part of the checkpoint
