@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -174,9 +176,18 @@ def require_writable_folder(folder: Path, option: str) -> None:
         raise UserError(f"{option}: {existing} is not writable; choose a location you can write to")
 
 
+def silence_library_noise() -> None:
+    """Drop two messages every run would print that say nothing about it: Lightning's advertisement for its
+    LitLogger product, and a deprecation warning raised inside Lightning's own pytree code (not user code)."""
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(lambda record: "litlogger" not in record.getMessage())
+
+
 def main(args: list[str] | None = None) -> None:
     """Run the CLI; a :class:`UserError` becomes one line on stderr and exit status 1, SIGTERM exit status 143
     (after the checkpoint callback saved ``last.ckpt`` and said so)."""
+    silence_library_noise()
     try:
         ViTCLI(args=args)
     except UserError as error:

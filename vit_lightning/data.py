@@ -307,6 +307,8 @@ class MNISTDataModule(LightningDataModule):
         return self._loader("predict", self.hparams.eval_batch_size, train=False)
 
     def on_after_batch_transfer(self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int):
+        if isinstance(batch, torch.Tensor):  # the model summary's example input: already model-ready
+            return batch
         images, targets = batch
         return self.transform(images, train=self.trainer is not None and self.trainer.training), targets
 

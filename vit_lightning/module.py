@@ -65,6 +65,7 @@ class ViTClassifier(LightningModule):
         if not 0.0 <= warmup_fraction < 1.0:
             raise SettingError(f"--model.warmup_fraction must be in [0, 1), got {warmup_fraction}")
         self.optimizer = optimizer
+        self.example_input_array = torch.zeros(1, in_channels, image_size, image_size)  # FLOPs in the model summary
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
