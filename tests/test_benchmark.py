@@ -16,8 +16,13 @@ def test_benchmark_runs_on_a_tiny_configuration(capsys):
         line = next(line for line in out.splitlines() if label in line)
         assert re.search(r"\d", line.split(":", 1)[1]), line
     flops = float(re.search(r"FLOPs per image.*?([\d.]+) MFLOP", out).group(1))
-    # By hand: the matmuls of the blocks (QKV, projection, MLP, attention's two products), forward and backward.
+    # By hand: the matmuls of the blocks (QKV, projection, MLP, attention's two products) and of the conv
+    # tokenizer's two stride-2 convolutions, forward and backward (3x; 2x for the first convolution, whose
+    # input needs no gradient).
     model = preset_model_args("quick")
-    tokens, dim, hidden = (28 // model["patch_size"]) ** 2 + 1, model["dim"], int(model["dim"] * model["mlp_ratio"])
+    assert model["tokenizer"] == "conv" and model["pool"] == "seq" and model["patch_size"] == 4
+    tokens, dim, hidden = (28 // model["patch_size"]) ** 2, model["dim"], int(model["dim"] * model["mlp_ratio"])
     block = 2 * tokens * dim * (3 * dim + dim + 2 * hidden) + 2 * 2 * tokens * tokens * dim
-    assert flops == pytest.approx(3 * model["depth"] * block / 1e6, rel=0.05)
+    first_conv, second_conv = 2 * 14 * 14 * 9 * (dim // 2), 2 * 7 * 7 * 9 * (dim // 2) * dim
+    expected = 3 * model["depth"] * block + 2 * first_conv + 3 * second_conv
+    assert flops == pytest.approx(expected / 1e6, rel=0.05)
