@@ -45,6 +45,7 @@ def tiny_args(data_root: Path, run_dir: Path, *extra: str) -> list[str]:
     return [
         "--data.root", str(data_root), "--data.download", "false", "--data.val_size", "40",
         "--data.batch_size", "40", "--data.eval_batch_size", "32",
+        "--model.tokenizer", "patch", "--model.pool", "cls",  # the origin's ViT: 16 tokens, the cheapest model
         "--model.patch_size", "7", "--model.dim", "16", "--model.depth", "1", "--model.heads", "2",
         "--trainer.accelerator", "cpu", "--trainer.max_epochs", "2", "--trainer.log_every_n_steps", "1", "--trainer.default_root_dir", str(run_dir),
         *extra,

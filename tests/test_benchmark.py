@@ -12,9 +12,11 @@ def test_benchmark_runs_on_a_tiny_configuration(capsys):
           "--peak-size", "128"])
     out = capsys.readouterr().out
     for label in ("Lightning Trainer", "plain PyTorch loop", "Lightning / plain ratio", "FLOPs per image",
-                  "matmul peak", "MFU", "data pipeline share", "inference images/s", "peak memory"):
+                  "matmul peak", "MFU", "data pipeline share", "inference images/s", "peak memory", "fp32 / bf16"):
         line = next(line for line in out.splitlines() if label in line)
         assert re.search(r"\d", line.split(":", 1)[1]), line
+    advice = next(line for line in out.splitlines() if line.startswith("plain-loop images/s, 32-true / bf16-mixed"))
+    assert re.search(r"(32-true|bf16-mixed) is [\d.]+x faster .*--trainer.precision (32-true|bf16-mixed)$", advice)
     flops = float(re.search(r"FLOPs per image.*?([\d.]+) MFLOP", out).group(1))
     # By hand: the matmuls of the blocks (QKV, projection, MLP, attention's two products) and of the conv
     # tokenizer's two stride-2 convolutions, forward and backward (3x; 2x for the first convolution, whose

@@ -44,7 +44,7 @@ def test_fit_test_predict_through_the_cli(data_root, tmp_path, capsys):
     logged = yaml.safe_load((log_dir / "hparams.yaml").read_text())
     assert logged["model"]["dim"] == 16 and logged["data"]["root"] == str(data_root)
     assert logged["trainer"]["max_epochs"] == 2 and logged["seed_everything"] == 42
-    assert logged["parameters"] == sum(p.numel() for p in ViTClassifier(patch_size=7, dim=16, depth=1, heads=2).parameters())
+    assert logged["parameters"] == sum(p.numel() for p in ViTClassifier(patch_size=7, dim=16, depth=1, heads=2, mlp_ratio=2.0).parameters())
     assert "torch" in logged["versions"]
     # Pictures of the last validation epoch go to PNG files, as the CSV logger takes no images.
     assert sorted(p.name for p in (log_dir / "pictures").iterdir()) == [
@@ -103,7 +103,7 @@ def test_print_config_is_complete_yaml(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     config = yaml.safe_load(result.stdout)
-    assert config["model"]["dim"] == 192 and config["data"]["dataset"] == "mnist"
+    assert config["model"]["dim"] == 64 and config["model"]["tokenizer"] == "conv" and config["data"]["dataset"] == "mnist"
     assert config["checkpoint"]["monitor"] == "val/acc" and config["seed_everything"] == 42
 
 
@@ -130,3 +130,22 @@ def test_bad_ckpt_path_is_one_line(data_root, tmp_path, ckpt, message):
                        ckpt if ckpt == "last" else str(tmp_path / ckpt))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith("error: ") and message in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_default_architecture_fits_tests_with_flips_and_draws_its_attention(data_root, tmp_path, capsys):
+    """The default config's conv tokenizer and sequence pooling through the CLI: pictures (attention rollout over
+    the pooling weights), a checkpoint that rebuilds it, and test-time flips given to ``test`` only."""
+    run_dir = tmp_path / "run"
+    default_model = ["--model.tokenizer", "conv", "--model.patch_size", "4", "--model.pool", "seq"]
+    main(["fit", *tiny_args(data_root, run_dir, *default_model)])
+    pictures = run_dir / "logs" / "version_0" / "pictures"
+    assert (pictures / "val_attention_epoch001.png").is_file()
+    model = ViTClassifier.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt", map_location="cpu")
+    assert (model.hparams.tokenizer, model.hparams.pool) == ("conv", "seq") and not model.test_time_flip
+
+    losses = {}
+    for flip in ("false", "true"):
+        main(["test", *tiny_args(data_root, run_dir, *default_model), "--ckpt_path", "last",
+              "--model.test_time_flip", flip])
+        losses[flip] = [float(row["test/loss"]) for row in read_metrics(run_dir) if row.get("test/loss")][-1]
+    assert losses["false"] != losses["true"]  # the flag reached the model although the checkpoint does not hold it

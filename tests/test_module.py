@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from lightning.pytorch import Trainer
 
 from vit_lightning.data import MNISTDataModule
@@ -58,3 +59,13 @@ def test_test_time_flip_averages_the_logits_of_the_image_and_its_mirror():
     logits = model.validation_step((images, targets), 0)
     torch.testing.assert_close(logits, (model(images) + model(images.flip(-1))) / 2)
     assert "test_time_flip" not in model.hparams  # a run-time choice, not part of the checkpoint
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.3])
+def test_training_objective_is_label_smoothed_and_the_logged_loss_is_plain_cross_entropy(smoothing):
+    torch.manual_seed(0)
+    model = ViTClassifier(**TINY, label_smoothing=smoothing)
+    logits, targets = torch.randn(6, 10) * 3, torch.tensor([0, 1, 2, 3, 4, 9])
+    objective, cross_entropy = model.losses(logits, targets)
+    torch.testing.assert_close(objective, F.cross_entropy(logits, targets, label_smoothing=smoothing))
+    torch.testing.assert_close(cross_entropy, F.cross_entropy(logits, targets))

@@ -102,7 +102,7 @@ def test_offline_run_records_config_metrics_pictures_and_checkpoints(wandb_fit):
     assert run.config["data"]["root"] == str(data_root) and run.config["data"]["dataset"] == "mnist"
     assert run.config["trainer"]["max_epochs"] == 2 and run.config["seed_everything"] == 42
     assert run.config["trainer"]["logger"]["init_args"]["group"] == "ci"
-    assert run.config["parameters"] == sum(p.numel() for p in ViTClassifier(patch_size=7, dim=16, depth=1, heads=2).parameters())
+    assert run.config["parameters"] == sum(p.numel() for p in ViTClassifier(patch_size=7, dim=16, depth=1, heads=2, mlp_ratio=2.0).parameters())
     assert {"torch", "lightning", "wandb", "python"} <= set(run.config["versions"])
     # Metrics over time and their final values.
     assert {"train/loss", "train/acc", "val/loss", "val/acc", "epoch", "train/images_per_sec"} <= run.history_keys

@@ -82,6 +82,47 @@ CPU_ATTENTION_FLOPS = {
 }
 
 
+def plain_model(model_args: dict, device: torch.device, compile: bool) -> torch.nn.Module:
+    """The preset's VisionTransformer, seeded like the Lightning run's, on ``device`` (compiled if asked)."""
+    torch.manual_seed(0)
+    model = ViTClassifier(**model_args).model.to(device)
+    if compile:
+        model.compile()
+    return model
+
+
+def plain_training_rate(model: torch.nn.Module, datamodule: MNISTDataModule, device: torch.device, precision: str,
+                        warmup: int, steps: int) -> tuple[float, float, tuple[torch.Tensor, torch.Tensor]]:
+    """Training images/s of a plain PyTorch loop (AdamW, the data module's batches and augmentation), the data
+    pipeline's share of the step time, and the last batch."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+
+    def batches():
+        while True:
+            for images, targets in datamodule.train_dataloader():
+                images = datamodule.transform(images.to(device, non_blocking=True), train=True)
+                yield images, targets.to(device, non_blocking=True)
+
+    step_times, data_time = [], 0.0
+    iterator = batches()
+    for step in range(warmup + steps):
+        synchronize(device)
+        start = time.perf_counter()
+        images, targets = next(iterator)
+        synchronize(device)
+        fetched = time.perf_counter()
+        with autocast(device, precision):
+            loss = torch.nn.functional.cross_entropy(model(images), targets, label_smoothing=0.1)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        synchronize(device)
+        if step >= warmup:
+            step_times.append(time.perf_counter() - start)
+            data_time += fetched - start
+    return steps * images.shape[0] / sum(step_times), data_time / sum(step_times), (images, targets)
+
+
 class StepTimer(Callback):
     """Wall time of training steps ``warmup`` .. end, batch fetching included."""
 
@@ -131,36 +172,14 @@ def main(argv: list[str] | None = None) -> None:
         lightning_rate = args.steps * args.batch_size / (timer.end - timer.start)
 
         # Plain PyTorch: the same model class, batches, augmentation and optimizer.
-        torch.manual_seed(0)
-        model = ViTClassifier(**model_args).model.to(device)
-        if args.compile:
-            model.compile()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
-        loader = datamodule.train_dataloader()
+        model = plain_model(model_args, device, args.compile)
+        plain_rate, data_share, (images, targets) = plain_training_rate(
+            model, datamodule, device, args.precision, args.warmup, args.steps)
 
-        def batches():
-            for images, targets in loader:
-                images = datamodule.transform(images.to(device, non_blocking=True), train=True)
-                yield images, targets.to(device, non_blocking=True)
-
-        step_times, data_time = [], 0.0
-        iterator = batches()
-        for step in range(steps):
-            synchronize(device)
-            start = time.perf_counter()
-            images, targets = next(iterator)
-            synchronize(device)
-            fetched = time.perf_counter()
-            with autocast(device, args.precision):
-                loss = torch.nn.functional.cross_entropy(model(images), targets, label_smoothing=0.1)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            synchronize(device)
-            if step >= args.warmup:
-                step_times.append(time.perf_counter() - start)
-                data_time += fetched - start
-        plain_rate = args.steps * args.batch_size / sum(step_times)
+        # The other precision (fp32 <-> bf16-mixed), same loop: which one this device trains the preset faster in.
+        other = "bf16-mixed" if args.precision == "32-true" else "32-true"
+        other_rate, _, _ = plain_training_rate(plain_model(model_args, device, args.compile), datamodule, device,
+                                               other, min(args.warmup, 3), min(args.steps, 10))
 
         # FLOPs of one training step (forward + backward) per image.
         with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter, autocast(device, args.precision):
@@ -179,7 +198,9 @@ def main(argv: list[str] | None = None) -> None:
             synchronize(device)
         inference_rate = 3 * len(eval_images) / (time.perf_counter() - start)
 
-    peak = matmul_peak(device, args.precision, args.peak_size)
+    peaks = {precision: matmul_peak(device, precision, args.peak_size)
+             for precision in dict.fromkeys(("32-true", "bf16-mixed", args.precision))}
+    peak = peaks[args.precision]
     if device.type == "cuda":
         memory = f"{torch.cuda.max_memory_allocated() / 2**20:.0f} MiB GPU (max allocated)"
     else:
@@ -195,9 +216,15 @@ def main(argv: list[str] | None = None) -> None:
     print(f"training FLOPs per image (fwd+bwd)    : {flops_per_image / 1e6:10.1f} MFLOP")
     print(f"measured matmul peak ({args.peak_size}^2)      : {peak / 1e9:10.1f} GFLOP/s")
     print(f"MFU (Lightning images/s x FLOPs/peak) : {lightning_rate * flops_per_image / peak:10.1%}")
-    print(f"data pipeline share of step time      : {data_time / sum(step_times):10.1%}")
+    print(f"data pipeline share of step time      : {data_share:10.1%}")
     print(f"inference images/s                    : {inference_rate:10.0f}")
     print(f"peak memory                           : {memory}")
+    print(f"matmul peaks, fp32 / bf16             : {peaks['32-true'] / 1e9:.1f} / {peaks['bf16-mixed'] / 1e9:.1f} GFLOP/s")
+    rates = {args.precision: plain_rate, other: other_rate}
+    faster = max(rates, key=rates.get)
+    print(f"plain-loop images/s, {args.precision} / {other}: {plain_rate:.0f} / {other_rate:.0f}: {faster} is "
+          f"{max(rates.values()) / min(rates.values()):.1f}x faster for this preset here: "
+          f"python train.py fit --config configs/{args.preset}.yaml --trainer.precision {faster}")
 
 
 if __name__ == "__main__":

@@ -80,16 +80,22 @@ class ViTClassifier(LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
 
-    def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, targets, label_smoothing=self.hparams.label_smoothing)
+    def losses(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training objective (cross-entropy with label smoothing) and the plain cross-entropy, which
+        validation and test report: ``train/loss`` logs the latter, so the three losses compare directly."""
+        log_probs = F.log_softmax(logits, dim=-1)
+        cross_entropy = F.nll_loss(log_probs, targets)
+        smoothing = self.hparams.label_smoothing
+        objective = (1 - smoothing) * cross_entropy - smoothing * log_probs.mean(dim=-1).mean()
+        return objective, cross_entropy
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, targets = batch
         logits = self(images)
-        loss = self._loss(logits, targets)
+        loss, cross_entropy = self.losses(logits, targets)
         self.train_acc(logits, targets)
         self.log("train/batch_loss", loss, prog_bar=True)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, sync_dist=True)
+        self.log("train/loss", cross_entropy, on_step=False, on_epoch=True, sync_dist=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
         return loss
 
