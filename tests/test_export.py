@@ -27,7 +27,7 @@ def export_error(capsys, *args: str) -> str:
         exit_on_user_error(lambda: main(list(args)))
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert err.startswith("error: ") and err.count("\n") == 1, repr(err)
     return err.strip()
 
 

@@ -10,6 +10,10 @@ logits ``[batch, classes]``; the class names are in ``config.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import logging
+import re
 import time
 from pathlib import Path
 from typing import Callable
@@ -53,9 +57,10 @@ def export_onnx(model: PretrainedViT, path: Path) -> None:
     """``model`` to one ONNX file (weights inside) through PyTorch's dynamo exporter, with a dynamic batch size."""
     example = torch.rand(2, *_image_shape(model))  # batch 2: an example batch of 1 would be specialised
     try:
-        torch.onnx.export(model, (example,), path, dynamo=True, external_data=False, verbose=False,
-                          dynamic_shapes=({0: torch.export.Dim("batch")},),
-                          input_names=["images"], output_names=["logits"])
+        with _quiet_exporter():
+            torch.onnx.export(model, (example,), path, dynamo=True, external_data=False, verbose=False,
+                              dynamic_shapes=({0: torch.export.Dim("batch")},),
+                              input_names=["images"], output_names=["logits"])
     except Exception as error:  # noqa: BLE001 - whatever the exporter rejects is reported the same way
         raise UserError(f"cannot export this model to ONNX ({_options(model)}): {_first_line(error)}") from None
 
@@ -64,7 +69,8 @@ def export_program(model: PretrainedViT, path: Path) -> None:
     """``model`` as a ``torch.export`` program with a dynamic batch size, saved with ``torch.export.save``."""
     example = torch.rand(2, *_image_shape(model))
     try:
-        program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+        with _quiet_exporter():
+            program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
     except Exception as error:  # noqa: BLE001
         raise UserError(f"cannot export this model with torch.export ({_options(model)}): {_first_line(error)}") from None
     torch.export.save(program, path)
@@ -78,8 +84,26 @@ def _options(model: PretrainedViT) -> str:
     return ", ".join(f"{name}={model.architecture[name]}" for name in ("tokenizer", "pool", "pos_embedding"))
 
 
-def _first_line(error: Exception) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+@contextlib.contextmanager
+def _quiet_exporter():
+    """Keep what the exporters write to stderr (warnings, and the whole graph when a trace fails) off the
+    terminal: a failure is reported in one line."""
+    logger = logging.getLogger("torch")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _first_line(error: BaseException) -> str:
+    """The first line of the error's root cause (the exporters wrap it), without terminal colour codes."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(error).splitlines()]
+    lines = [line for line in lines if line]
     return f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
 
 
