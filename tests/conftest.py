@@ -50,3 +50,36 @@ def tiny_args(data_root: Path, run_dir: Path, *extra: str) -> list[str]:
         "--trainer.accelerator", "cpu", "--trainer.max_epochs", "2", "--trainer.log_every_n_steps", "1", "--trainer.default_root_dir", str(run_dir),
         *extra,
     ]
+
+
+PATCH_CLS = ()  # tiny_args' own model: patch tokenizer, class token
+CONV_SEQ = ("--model.tokenizer", "conv", "--model.pool", "seq", "--model.patch_size", "4")
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory):
+    """``exported(*model_flags)``: a tiny model trained for two epochs with those ``--model`` flags and exported with
+    ``python -m vit_lightning.export`` (once per session and flags). Holds ``data`` (the tiny dataset), ``ckpt``,
+    ``folder`` (the export) and ``output`` (what the export printed)."""
+    import contextlib
+    import io
+    from types import SimpleNamespace
+
+    from vit_lightning.cli import main as train
+    from vit_lightning.export import main as export
+
+    cache = {}
+
+    def make(*flags: str) -> SimpleNamespace:
+        if flags not in cache:
+            root = tmp_path_factory.mktemp("exported")
+            data = write_dataset(root / "data", gz=True)
+            train(["fit", *tiny_args(data, root / "run", *flags)])
+            ckpt = root / "run" / "checkpoints" / "last.ckpt"
+            printed = io.StringIO()
+            with contextlib.redirect_stdout(printed):
+                export(["--ckpt_path", str(ckpt), "--output", str(root / "export")])
+            cache[flags] = SimpleNamespace(data=data, ckpt=ckpt, folder=root / "export", output=printed.getvalue())
+        return cache[flags]
+
+    return make

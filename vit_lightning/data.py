@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from vit_lightning.augment import RandomAffine
 from vit_lightning.errors import UserError
+from vit_lightning.preprocess import prepare_image
 
 SPLIT_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -106,8 +107,9 @@ def load_split(files: dict[str, Path], split: str) -> tuple[torch.Tensor, torch.
     return images, labels.long()
 
 
-def load_images(path: Path, size: int) -> tuple[torch.Tensor, list[str], list[str]]:
-    """Grayscale uint8 images ``[N, size, size]`` from an image file or a folder of them.
+def load_images(path: Path, size: int, auto_invert: bool = True) -> tuple[torch.Tensor, list[str], list[str]]:
+    """Grayscale uint8 images ``[N, size, size]`` from an image file or a folder of them, prepared as in
+    :func:`~vit_lightning.preprocess.prepare_image` (light backgrounds inverted when ``auto_invert``).
 
     Returns the images, their file names, and one line per file that could not be read.
     """
@@ -120,8 +122,7 @@ def load_images(path: Path, size: int) -> tuple[torch.Tensor, list[str], list[st
     for file in files:
         try:
             with Image.open(file) as image:
-                gray = image.convert("L").resize((size, size), Image.Resampling.BILINEAR)
-                images.append(torch.frombuffer(bytearray(gray.tobytes()), dtype=torch.uint8).reshape(size, size))
+                images.append(prepare_image(image, size, auto_invert))
             names.append(str(file.relative_to(path)) if path.is_dir() else file.name)
         except (UnidentifiedImageError, OSError, ValueError) as e:
             failures.append(f"{file}: not a readable image ({type(e).__name__})")
@@ -176,7 +177,8 @@ class MNISTDataModule(LightningDataModule):
     normalises them on the device the model runs on. ``batch_size`` is the global batch: each of N processes
     gets ``batch_size / N`` per step, so 1 and N devices train with the same steps and learning rate.
     ``hflip=None`` flips half the training images of a mirror-symmetric dataset (Fashion-MNIST), none of the
-    digits or characters.
+    digits or characters. ``auto_invert`` inverts predict images with a light background (dark strokes on
+    paper) to MNIST's light strokes on black.
     """
 
     def __init__(
@@ -195,6 +197,7 @@ class MNISTDataModule(LightningDataModule):
         hflip: float | None = None,
         seed: int = 42,
         predict_path: str | None = None,
+        auto_invert: bool = True,
     ):
         super().__init__()
         if dataset not in DATASETS:
@@ -240,7 +243,8 @@ class MNISTDataModule(LightningDataModule):
         if stage == "predict":
             if self.hparams.predict_path is None:
                 raise UserError("predict needs images: pass --data.predict_path IMAGE_OR_FOLDER")
-            images, self.predict_names, failures = load_images(Path(self.hparams.predict_path), self.image_size)
+            images, self.predict_names, failures = load_images(
+                Path(self.hparams.predict_path), self.image_size, self.hparams.auto_invert)
             for failure in failures:
                 print(f"skipped {failure}")
             self.datasets["predict"] = InMemoryImages(images, torch.arange(len(images)))

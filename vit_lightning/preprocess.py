@@ -1,0 +1,36 @@
+"""Outside images to model input, the same for ``predict`` and the demo: grayscale, resized, and light strokes on a
+dark background like MNIST (photos and scans of ink on paper are inverted). No Lightning import: the demo and
+the exported model folder use it without the training code."""
+
+from __future__ import annotations
+
+import torch
+from PIL import Image
+
+# An image is "dark strokes on a light background" when its outermost pixels average above mid-grey. On the
+# Fashion-MNIST test set the 1-pixel frame averages at most 95 (of 255), so no test image is inverted, and every
+# inverted test image is inverted back.
+LIGHT_BACKGROUND = 127.5
+
+
+def has_light_background(image: torch.Tensor) -> bool:
+    """Whether a uint8 image ``[H, W]`` has a light background: the mean of its 1-pixel frame is above mid-grey."""
+    frame = torch.cat([image[0], image[-1], image[1:-1, 0], image[1:-1, -1]])
+    return frame.float().mean().item() > LIGHT_BACKGROUND
+
+
+def prepare_image(image: Image.Image, size: int, auto_invert: bool = True) -> torch.Tensor:
+    """A PIL image as the model sees it: uint8 ``[size, size]``, grayscale, bilinear resize.
+
+    Transparent pixels count as white (drawing apps and the demo's sketchpad leave the background transparent).
+    With ``auto_invert``, an image with a light background (see :func:`has_light_background`) is inverted, so a
+    digit written on paper looks like an MNIST digit.
+    """
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
+    gray = image.convert("L").resize((size, size), Image.Resampling.BILINEAR)
+    pixels = torch.frombuffer(bytearray(gray.tobytes()), dtype=torch.uint8).reshape(size, size)
+    if auto_invert and has_light_background(pixels):
+        pixels = 255 - pixels
+    return pixels
