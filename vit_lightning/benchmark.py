@@ -26,11 +26,17 @@ from vit_lightning.module import ViTClassifier
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
+def preset_path(preset: str) -> Path:
+    """``configs/<preset>.yaml``, or ``preset`` itself when it is a YAML file's path."""
+    return Path(preset) if preset.endswith((".yaml", ".yml")) else CONFIGS / f"{preset}.yaml"
+
+
 def preset_model_args(preset: str) -> dict:
-    """The ``model`` settings of ``configs/default.yaml`` overridden by ``configs/<preset>.yaml``."""
+    """The ``model`` settings of ``configs/default.yaml`` overridden by ``configs/<preset>.yaml`` (or by the YAML
+    file ``preset``, when it names one)."""
     args = yaml.safe_load((CONFIGS / "default.yaml").read_text())["model"]
     if preset != "default":
-        args.update(yaml.safe_load((CONFIGS / f"{preset}.yaml").read_text()).get("model", {}))
+        args.update(yaml.safe_load(preset_path(preset).read_text()).get("model", {}))
     args.pop("optimizer", None)  # both loops use the module's default AdamW at a constant learning rate
     return {**args, "lr_schedule": "constant"}
 
@@ -141,7 +147,8 @@ class StepTimer(Callback):
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", default="quick", help="a config in configs/ with a model section (default quick)")
+    parser.add_argument("--preset", default="quick",
+                        help="a config in configs/ (or a YAML file) with a model section (default quick)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed", "16-mixed"])
     parser.add_argument("--batch-size", type=int, default=256)
@@ -224,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     faster = max(rates, key=rates.get)
     print(f"plain-loop images/s, {args.precision} / {other}: {plain_rate:.0f} / {other_rate:.0f}: {faster} is "
           f"{max(rates.values()) / min(rates.values()):.1f}x faster for this preset here: "
-          f"python train.py fit --config configs/{args.preset}.yaml --trainer.precision {faster}")
+          f"python train.py fit --config {preset_path(args.preset)} --trainer.precision {faster}")
 
 
 if __name__ == "__main__":
