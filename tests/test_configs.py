@@ -1,11 +1,19 @@
 """The shipped opt-in configs work through the real CLI."""
 
+import csv
+import logging
 from pathlib import Path
+
+import pytest
 
 from conftest import tiny_args
 from vit_lightning.cli import main
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [row for path in sorted(run_dir.glob("logs/version_*/metrics.csv")) for row in csv.DictReader(path.open())]
 
 
 def test_early_stopping_config_stops_a_run_that_stopped_improving(data_root, tmp_path, capsys):
@@ -17,3 +25,25 @@ def test_early_stopping_config_stops_a_run_that_stopped_improving(data_root, tmp
     out = capsys.readouterr().out
     assert "Epoch 4/20," in out and "Epoch 5/20," not in out
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_learning_rate_search_sets_the_schedule_peak_and_is_skipped_on_resume(data_root, tmp_path, capsys, caplog):
+    run_dir = tmp_path / "run"
+    flags = ["--config", str(CONFIGS / "lr_find.yaml"), "--model.lr_schedule", "warmup_cosine",
+             "--model.warmup_fraction", "0.3", "--trainer.max_epochs", "3"]
+    with caplog.at_level(logging.INFO):
+        main(["fit", *tiny_args(data_root, run_dir, *flags)])
+    found = [r.getMessage() for r in caplog.records if r.getMessage().startswith("learning-rate search: peak")]
+    assert len(found) == 1
+    suggestion = float(found[0].rsplit(" ", 1)[1])
+    logged = [float(row["lr-AdamW/pg1"]) for row in read_metrics(run_dir) if row.get("lr-AdamW/pg1")]
+    assert max(logged) == pytest.approx(suggestion, rel=1e-2)  # the warm-up climbs to the suggestion, not to 1e-3
+    assert suggestion != pytest.approx(1e-3)
+    assert not list(run_dir.glob(".lr_find_*.ckpt"))  # the search's temporary checkpoint is gone
+
+    caplog.clear()
+    steps = int(read_metrics(run_dir)[-1]["step"])
+    with caplog.at_level(logging.INFO):
+        main(["fit", *tiny_args(data_root, run_dir, *flags[:-1], "5"), "--ckpt_path", "last"])
+    assert any("learning-rate search skipped" in r.getMessage() for r in caplog.records)
+    assert int(read_metrics(run_dir)[-1]["step"]) > steps  # it went on from the checkpoint's step
