@@ -1,6 +1,8 @@
 """The benchmark is not a test of speed: this only checks that it runs and reports every figure."""
 
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -28,3 +30,10 @@ def test_benchmark_runs_on_a_tiny_configuration(capsys):
     first_conv, second_conv = 2 * 14 * 14 * 9 * (dim // 2), 2 * 7 * 7 * 9 * (dim // 2) * dim
     expected = 3 * model["depth"] * block + 2 * first_conv + 3 * second_conv
     assert flops == pytest.approx(expected / 1e6, rel=0.05)
+
+
+def test_a_missing_preset_is_one_line_naming_the_presets():
+    result = subprocess.run([sys.executable, "-m", "vit_lightning.benchmark", "--preset", "fastest"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("error: no preset") and "quick" in result.stderr

@@ -21,22 +21,16 @@ from lightning.pytorch import Callback, Trainer
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from vit_lightning.data import SPLIT_FILES, MNISTDataModule, write_idx
+from vit_lightning.errors import exit_on_user_error
 from vit_lightning.module import ViTClassifier
-
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-
-
-def preset_path(preset: str) -> Path:
-    """``configs/<preset>.yaml``, or ``preset`` itself when it is a YAML file's path."""
-    return Path(preset) if preset.endswith((".yaml", ".yml")) else CONFIGS / f"{preset}.yaml"
-
+from vit_lightning.presets import preset_file
 
 def preset_model_args(preset: str) -> dict:
     """The ``model`` settings of ``configs/default.yaml`` overridden by ``configs/<preset>.yaml`` (or by the YAML
     file ``preset``, when it names one)."""
-    args = yaml.safe_load((CONFIGS / "default.yaml").read_text())["model"]
+    args = yaml.safe_load(preset_file("default").read_text())["model"]
     if preset != "default":
-        args.update(yaml.safe_load(preset_path(preset).read_text()).get("model", {}))
+        args.update(yaml.safe_load(preset_file(preset).read_text()).get("model", {}))
     args.pop("optimizer", None)  # both loops use the module's default AdamW at a constant learning rate
     return {**args, "lr_schedule": "constant"}
 
@@ -231,8 +225,8 @@ def main(argv: list[str] | None = None) -> None:
     faster = max(rates, key=rates.get)
     print(f"plain-loop images/s, {args.precision} / {other}: {plain_rate:.0f} / {other_rate:.0f}: {faster} is "
           f"{max(rates.values()) / min(rates.values()):.1f}x faster for this preset here: "
-          f"python train.py fit --config {preset_path(args.preset)} --trainer.precision {faster}")
+          f"python train.py fit --config {preset_file(args.preset)} --trainer.precision {faster}")
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)

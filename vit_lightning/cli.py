@@ -21,9 +21,9 @@ from vit_lightning.errors import UserError
 from vit_lightning.metrics_log import ResumableCSVLogger
 from vit_lightning.module import ViTClassifier
 from vit_lightning.pictures import Pictures
+from vit_lightning.presets import preset_file
 from vit_lightning.tracking import RunConfig, is_wandb_logger, prepare_wandb
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 
@@ -39,7 +39,7 @@ class ViTCLI(LightningCLI):
     checkpoint: dict | None = None  # the --ckpt_path checkpoint, loaded (memory-mapped) once while parsing
 
     def __init__(self, args: list[str] | None = None, run: bool = True):
-        defaults = {"default_config_files": [str(DEFAULT_CONFIG)]} if DEFAULT_CONFIG.is_file() else {}
+        defaults = {"default_config_files": [str(preset_file("default"))]}
         super().__init__(
             ViTClassifier,
             MNISTDataModule,
