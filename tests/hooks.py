@@ -27,3 +27,16 @@ class Diverge(Callback):
             with torch.no_grad():
                 for parameter in pl_module.model.patch_embed.parameters():
                     parameter.fill_(float("nan"))
+
+
+class PoisonGradients(Callback):
+    """Fill every gradient with ``value`` before optimizer step ``step``: the loss was finite, the update is not
+    (NaN weights), or it leaves the weights finite and Adam's second moment infinite (``value`` 1e30)."""
+
+    def __init__(self, step: int, value: float):
+        self.step, self.value = step, value
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if trainer.global_step == self.step:
+            for parameter in pl_module.parameters():
+                parameter.grad.fill_(self.value)

@@ -130,6 +130,30 @@ def test_nan_loss_stops_with_one_line_and_keeps_the_good_checkpoints(data_root, 
         assert all(torch.isfinite(tensor).all() for tensor in checkpoint["state_dict"].values()), name
 
 
+@pytest.mark.parametrize("value, broken", [(".nan", "weight model."), ("1e30", "optimizer state exp_avg_sq")])
+def test_non_finite_weights_after_a_finite_loss_are_never_saved(data_root, tmp_path, capsys, monkeypatch, value,
+                                                                broken):
+    monkeypatch.syspath_prepend(str(TESTS))
+    run_dir = tmp_path / "run"
+    poisoned = 2 * STEPS_PER_EPOCH - 1  # the last step of epoch 1: the epoch-end save would write its result
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *run_args(data_root, run_dir, "--checkpoint.every_n_train_steps", "0"),
+              "--trainer.callbacks+=hooks.PoisonGradients", f"--trainer.callbacks.step={poisoned}",
+              f"--trainer.callbacks.value={value}"])
+    assert exit_info.value.code == 1
+    stderr = capsys.readouterr().err
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in stderr and len(errors) == 1
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert errors[0].startswith(f"error: the {broken}") and "is not finite at step 10 (epoch 1)" in errors[0]
+    assert f"the last good checkpoint is {last}" in errors[0]
+    for path in (run_dir / "checkpoints").iterdir():
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        assert checkpoint["global_step"] == STEPS_PER_EPOCH, path.name  # epoch 0's, nothing later
+        moments = [value for state in checkpoint["optimizer_states"][0]["state"].values() for value in state.values()]
+        assert all(torch.isfinite(tensor).all() for tensor in [*checkpoint["state_dict"].values(), *moments])
+
+
 def test_failed_save_leaves_the_previous_last_checkpoint_intact(tmp_path):
     io = AtomicCheckpointIO(TorchCheckpointIO())
     last = tmp_path / "last.ckpt"
