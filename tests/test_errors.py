@@ -125,3 +125,26 @@ def test_unwritable_output_locations_fail_before_anything_runs(trained, tmp_path
     error = user_error(capsys, *predict, "--predictions.output", str(tmp_path))
     assert error.startswith(f"error: --predictions.output {tmp_path} is a folder")
     assert blocker.read_text() == "a file, not a folder"
+
+
+@pytest.mark.parametrize("subcommand, flags, trained_with", [
+    ("fit", ["--model.dim", "32"], "--model.dim 16, not --model.dim 32"),
+    ("fit", ["--model.optimizer.init_args.lr", "0.1"], "lr 0.001, not --model.optimizer.init_args.lr 0.1"),
+    ("fit", ["--model.lr_schedule", "onecycle"], "--model.lr_schedule warmup_cosine, not --model.lr_schedule onecycle"),
+    ("test", ["--model.depth", "2"], "--model.depth 1, not --model.depth 2"),
+])
+def test_model_flags_that_contradict_the_checkpoint_are_refused(trained, tmp_path, capsys, subcommand, flags,
+                                                                trained_with):
+    data_root, run_dir = trained
+    before = (run_dir / "checkpoints" / "last.ckpt").read_bytes()
+    error = user_error(capsys, subcommand, *tiny_args(data_root, run_dir, *flags), "--ckpt_path", "last")
+    assert error.startswith(f"error: --ckpt_path {run_dir / 'checkpoints' / 'last.ckpt'} was trained with ")
+    assert trained_with in error and "drop these flags" in error
+    assert (run_dir / "checkpoints" / "last.ckpt").read_bytes() == before
+
+
+def test_training_only_flags_do_not_stop_an_evaluation(trained, tmp_path):
+    data_root, run_dir = trained
+    main(["test", *tiny_args(data_root, tmp_path / "out", "--model.optimizer.init_args.lr", "0.1"),
+          "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt")])
+    assert list((tmp_path / "out" / "logs").glob("version_*/metrics.csv"))

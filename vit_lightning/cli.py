@@ -23,6 +23,7 @@ from vit_lightning.tracking import RunConfig, is_wandb_logger, prepare_wandb
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
+TRAINING_ONLY = ("optimizer", "lr_schedule", "warmup_fraction", "label_smoothing", "dropout")  # no effect on eval
 
 
 class ViTCLI(LightningCLI):
@@ -75,6 +76,29 @@ class ViTCLI(LightningCLI):
                     raise UserError(f"--predictions.output {output} is a folder; give a file name such as "
                                     f"{output / 'predictions.csv'}")
                 require_writable_folder(output.parent, "--predictions.output")
+
+    def _parse_ckpt_path(self) -> None:
+        """Take the model settings from the ``--ckpt_path`` checkpoint (as LightningCLI does), after refusing
+        ``--model`` settings given on the command line or in a ``--config`` that contradict them (which
+        LightningCLI would silently override)."""
+        hparams = {key: value for key, value in ((self.checkpoint or {}).get("hyper_parameters") or {}).items()
+                   if key != "_instantiator"}
+        if not hparams:
+            return
+        subcommand = self.config.subcommand
+        config = self.config[subcommand]
+        defaults = self._subcommand_parsers[subcommand].get_defaults().model
+        conflicts = contradicted_settings(hparams, config.model.as_dict(), defaults.as_dict())
+        if subcommand != "fit":
+            conflicts = [c for c in conflicts if c[0].split(".")[0] not in TRAINING_ONLY]
+        if conflicts:
+            given = ", ".join(f"--model.{key} {mine}" for key, _, mine in conflicts)
+            trained = ", ".join(f"--model.{key} {theirs}" for key, theirs, _ in conflicts)
+            remedy = ("a resumed fit keeps the checkpoint's model settings: drop these flags, or train a new run in "
+                      "another --trainer.default_root_dir" if subcommand == "fit"
+                      else "the checkpoint's model settings apply: drop these flags")
+            raise UserError(f"--ckpt_path {config.ckpt_path} was trained with {trained}, not {given}; {remedy}")
+        self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -146,6 +170,25 @@ def load_checkpoint(path: Path) -> dict:
         raise UserError(f"--ckpt_path {path} is not a Lightning checkpoint (no state_dict); "
                         "pass a .ckpt file written by this project")
     return checkpoint
+
+
+def contradicted_settings(saved: dict, config: dict, defaults: dict) -> list[tuple[str, object, object]]:
+    """``(dotted key, saved value, configured value)`` for every setting the user changed from its default
+    (``config`` != ``defaults``) to something other than the checkpoint's ``saved`` value."""
+    flat_saved, flat_config, flat_defaults = (_flatten(mapping) for mapping in (saved, config, defaults))
+    return [(key, value, flat_config[key]) for key, value in flat_saved.items()
+            if key in flat_config and flat_config[key] != value and flat_config[key] != flat_defaults.get(key)]
+
+
+def _flatten(mapping: dict, prefix: str = "") -> dict[str, object]:
+    """``{"optimizer": {"init_args": {"lr": 0.1}}}`` as ``{"optimizer.init_args.lr": 0.1}``; tuples as lists."""
+    flat = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return flat
 
 
 def require_fitting_state(model: torch.nn.Module, state_dict: dict, ckpt_path: str) -> None:
