@@ -1,6 +1,7 @@
 """The real CLI end to end on a tiny dataset: fit, test, predict, resume, errors."""
 
 import csv
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -130,3 +131,13 @@ def test_bad_ckpt_path_is_one_line(data_root, tmp_path, ckpt, message):
                        ckpt if ckpt == "last" else str(tmp_path / ckpt))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith("error: ") and message in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_ckpt_path_best_is_found_in_a_copied_run_folder(data_root, tmp_path):
+    original, copy = tmp_path / "run", tmp_path / "copy"
+    main(["fit", *tiny_args(data_root, original, "--trainer.max_epochs", "1")])
+    shutil.copytree(original, copy)
+    shutil.rmtree(original)  # last.ckpt still names the original folder's best checkpoint
+    main(["test", *tiny_args(data_root, copy), "--ckpt_path", "best"])
+    assert len([row for row in read_metrics(copy) if row.get("test/acc")]) == 1
+    assert not original.exists()

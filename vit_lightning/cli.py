@@ -131,7 +131,8 @@ class ViTCLI(LightningCLI):
 
 
 def resolve_checkpoint(ckpt_path: str | None, checkpoint_dir: Path, fit: bool) -> str | None:
-    """Turn ``best``/``last`` into the file in ``checkpoint_dir`` (the caller loads it with :func:`load_checkpoint`).
+    """Turn ``best``/``last`` into the file in ``checkpoint_dir`` (the caller loads it with :func:`load_checkpoint`);
+    ``best`` is the file of that name in ``checkpoint_dir``, wherever the run folder was when it was saved.
 
     A real path lets LightningCLI rebuild the model from the checkpoint's saved hyper-parameters. ``fit`` with
     ``last`` and no checkpoint yet stays ``last``: Lightning then warns and starts from scratch.
@@ -150,9 +151,11 @@ def resolve_checkpoint(ckpt_path: str | None, checkpoint_dir: Path, fit: bool) -
             raise UserError(f"--ckpt_path best: no checkpoints in {checkpoint_dir}; train first or pass --ckpt_path PATH")
         states = load_checkpoint(last).get("callbacks", {})
         best = next((s["best_model_path"] for s in states.values() if isinstance(s, dict) and s.get("best_model_path")), "")
-        if not best or not Path(best).is_file():
-            raise UserError(f"--ckpt_path best: {last} names no best checkpoint that still exists; pass --ckpt_path PATH")
-        return best
+        # the stored path is absolute: look for its file name here, so a copied or moved run folder uses its own
+        if not best or not (checkpoint_dir / Path(best).name).is_file():
+            raise UserError(f"--ckpt_path best: {last} names no best checkpoint that is still in {checkpoint_dir}; "
+                            "pass --ckpt_path PATH")
+        return str(checkpoint_dir / Path(best).name)
     return ckpt_path
 
 
