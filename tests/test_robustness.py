@@ -110,6 +110,27 @@ def test_signal_saves_a_resumable_checkpoint_and_exits_cleanly(data_root, tmp_pa
     assert_complete_and_continuous(run_dir)
 
 
+@pytest.mark.slow
+def test_a_second_fit_in_a_busy_run_folder_is_refused_until_the_first_is_gone(data_root, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    process = start_fit(data_root, run_dir)
+    wait_for_checkpoint(process, last, min_step=2)
+    for extra in ([], ["--ckpt_path", "last"]):
+        with pytest.raises(SystemExit):
+            main(["fit", *run_args(data_root, run_dir), *extra])
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert error.startswith(f"error: {run_dir} is in use: process {process.pid} is training there")
+    assert process.poll() is None  # the first run goes on undisturbed
+    process.kill()  # leaves a stale lock behind: its owner is gone
+    process.communicate()
+    assert (run_dir / "fit.lock").read_text().split()[0] == str(process.pid)
+
+    main(["fit", *run_args(data_root, run_dir), "--ckpt_path", "last"])
+    assert_complete_and_continuous(run_dir)
+    assert not (run_dir / "fit.lock").exists()
+
+
 def test_nan_loss_stops_with_one_line_and_keeps_the_good_checkpoints(data_root, tmp_path, capsys, monkeypatch):
     monkeypatch.syspath_prepend(str(TESTS))
     run_dir = tmp_path / "run"

@@ -11,6 +11,7 @@ import torch
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from vit_lightning.callbacks import PredictionWriter
 from vit_lightning.checkpoint import Checkpoint
@@ -19,6 +20,7 @@ from vit_lightning.errors import UserError
 from vit_lightning.metrics_log import ResumableCSVLogger
 from vit_lightning.module import ViTClassifier
 from vit_lightning.pictures import Pictures
+from vit_lightning.run_lock import RunLock
 from vit_lightning.tracking import RunConfig, is_wandb_logger, prepare_wandb
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
@@ -36,20 +38,25 @@ class ViTCLI(LightningCLI):
     """
 
     checkpoint: dict | None = None  # the --ckpt_path checkpoint, loaded (memory-mapped) once while parsing
+    lock: RunLock | None = None  # held by a fit (its first process) while it runs
 
     def __init__(self, args: list[str] | None = None, run: bool = True):
         defaults = {"default_config_files": [str(DEFAULT_CONFIG)]} if DEFAULT_CONFIG.is_file() else {}
-        super().__init__(
-            ViTClassifier,
-            MNISTDataModule,
-            seed_everything_default=42,
-            parser_kwargs={subcommand: defaults for subcommand in SUBCOMMANDS},
-            save_config_callback=RunConfig,
-            save_config_kwargs={"overwrite": True},
-            auto_configure_optimizers=False,
-            args=args,
-            run=run,
-        )
+        try:
+            super().__init__(
+                ViTClassifier,
+                MNISTDataModule,
+                seed_everything_default=42,
+                parser_kwargs={subcommand: defaults for subcommand in SUBCOMMANDS},
+                save_config_callback=RunConfig,
+                save_config_kwargs={"overwrite": True},
+                auto_configure_optimizers=False,
+                args=args,
+                run=run,
+            )
+        finally:
+            if self.lock is not None:
+                self.lock.release()
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(Checkpoint, "checkpoint")
@@ -70,6 +77,9 @@ class ViTCLI(LightningCLI):
             require_writable_folder(root, "--trainer.default_root_dir")
             if self.config.subcommand == "fit":
                 require_writable_folder(Path(config.checkpoint.dirpath), "--checkpoint.dirpath")
+                if rank_zero_only.rank == 0 and os.environ.get("NODE_RANK", "0") == "0":  # not DDP's other ranks
+                    self.lock = RunLock(root)
+                    self.lock.acquire()
             if self.config.subcommand == "predict" and config.predictions.output:
                 output = Path(config.predictions.output)
                 if output.is_dir():
