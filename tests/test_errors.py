@@ -148,3 +148,10 @@ def test_training_only_flags_do_not_stop_an_evaluation(trained, tmp_path):
     main(["test", *tiny_args(data_root, tmp_path / "out", "--model.optimizer.init_args.lr", "0.1"),
           "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt")])
     assert list((tmp_path / "out" / "logs").glob("version_*/metrics.csv"))
+
+
+def test_a_training_set_smaller_than_one_batch_is_one_line(data_root, tmp_path, capsys):
+    error = user_error(capsys, "fit", *tiny_args(data_root, tmp_path / "run", "--data.val_size", "210"))
+    assert error == ("error: 30 training images (after --data.val_size 210) do not fill one batch of "
+                     "--data.batch_size 40; lower --data.val_size or --data.batch_size")
+    assert not (tmp_path / "run" / "checkpoints").exists()

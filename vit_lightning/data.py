@@ -295,7 +295,14 @@ class MNISTDataModule(LightningDataModule):
         return batch_size // world_size
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self._per_device(self.hparams.batch_size), train=True)
+        per_device = self._per_device(self.hparams.batch_size)
+        n_train = len(self.datasets.get("train", ()))
+        if n_train // self._world()[0] < per_device:  # whole batches only: not one training step
+            raise UserError(
+                f"{n_train} training images (after --data.val_size {self.hparams.val_size}) do not fill one batch of "
+                f"--data.batch_size {self.hparams.batch_size}; lower --data.val_size or --data.batch_size"
+            )
+        return self._loader("train", per_device, train=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self.hparams.eval_batch_size, train=False)
