@@ -1,6 +1,7 @@
 import gzip
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -143,3 +144,15 @@ def test_predict_images_from_a_folder_skip_unreadable_files(tmp_path):
     (tmp_path / "black.jpg").unlink()
     with pytest.raises(UserError, match="no readable images"):
         load_images(tmp_path, 28)
+
+
+def test_16_bit_pngs_are_scaled_not_saturated(tmp_path):
+    from PIL import Image
+
+    levels = np.array([0, 257, 32896, 65535])  # 0, 1, 128 and 255 in 8 bits
+    pixels = np.repeat(levels, 7)[None, :].repeat(28, axis=0)  # four vertical bands
+    Image.fromarray(pixels.astype(np.uint16)).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode == "I;16"
+    images, _, failures = load_images(tmp_path, 28)
+    assert not failures
+    assert images[0, 0, ::7].tolist() == [0, 1, 128, 255]

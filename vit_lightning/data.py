@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -120,7 +121,7 @@ def load_images(path: Path, size: int) -> tuple[torch.Tensor, list[str], list[st
     for file in files:
         try:
             with Image.open(file) as image:
-                gray = image.convert("L").resize((size, size), Image.Resampling.BILINEAR)
+                gray = _grayscale(image).resize((size, size), Image.Resampling.BILINEAR)
                 images.append(torch.frombuffer(bytearray(gray.tobytes()), dtype=torch.uint8).reshape(size, size))
             names.append(str(file.relative_to(path)) if path.is_dir() else file.name)
         except (UnidentifiedImageError, OSError, ValueError) as e:
@@ -130,6 +131,17 @@ def load_images(path: Path, size: int) -> tuple[torch.Tensor, list[str], list[st
             f"no readable images in --data.predict_path {path} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"
         )
     return torch.stack(images), names, failures
+
+
+def _grayscale(image):
+    """An 8-bit grayscale (``L``) PIL image; 16-bit images (modes ``I;16*`` and ``I``, e.g. 16-bit PNGs) are
+    scaled from 0..65535 to 0..255, where Pillow's own conversion would clip everything above 255 to white."""
+    from PIL import Image
+
+    if image.mode.startswith("I;16") or image.mode == "I":
+        scaled = np.clip(np.asarray(image, dtype=np.float64) / 257.0, 0, 255).round().astype(np.uint8)
+        return Image.fromarray(scaled)
+    return image.convert("L")
 
 
 class InMemoryImages(Dataset):
