@@ -111,7 +111,7 @@ def test_some_files_missing_are_named(tmp_path):
         find_idx_files(tmp_path, "mnist")
 
 
-@pytest.mark.parametrize("damage", ["magic", "truncated", "bad_gzip"])
+@pytest.mark.parametrize("damage", ["magic", "truncated", "bad_gzip", "empty"])
 def test_corrupt_idx_files_are_reported(tmp_path, damage):
     array = torch.zeros(10, 28, 28, dtype=torch.uint8)
     if damage == "magic":
@@ -122,10 +122,14 @@ def test_corrupt_idx_files_are_reported(tmp_path, damage):
         path = write_idx(tmp_path / "x.gz", array)
         path.write_bytes(gzip.compress(gzip.decompress(path.read_bytes())[:-100]))
         match = "corrupt"
-    else:
+    elif damage == "bad_gzip":
         path = write_idx(tmp_path / "x.gz", array)
         path.write_bytes(path.read_bytes()[:40])
         match = "cannot read"
+    else:
+        path = tmp_path / "x"
+        path.write_bytes(b"")
+        match = "x is empty; replace it"
     with pytest.raises(UserError, match=match):
         read_idx(path)
 

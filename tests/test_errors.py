@@ -155,3 +155,20 @@ def test_a_training_set_smaller_than_one_batch_is_one_line(data_root, tmp_path, 
     assert error == ("error: 30 training images (after --data.val_size 210) do not fill one batch of "
                      "--data.batch_size 40; lower --data.val_size or --data.batch_size")
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("subcommand, images, labels, message", [
+    ("fit", torch.zeros(240, 20, 20), torch.zeros(240), "train-images-idx3-ubyte holds 20x20 images, not 28x28"),
+    ("fit", torch.zeros(240, 28, 28), torch.full((240,), 12), "train-labels-idx1-ubyte holds label 12, outside"),
+    ("test", torch.zeros(101, 28, 28), torch.full((101,), 255), "t10k-labels-idx1-ubyte holds label 255, outside"),
+    ("fit", torch.zeros(0, 28, 28), torch.zeros(0), "train-images-idx3-ubyte holds no images"),
+])
+def test_idx_data_that_does_not_fit_the_dataset_is_named(tmp_path, capsys, subcommand, images, labels, message):
+    from vit_lightning.data import write_idx
+
+    data_root = write_dataset(tmp_path / "data")
+    split = "t10k" if subcommand == "test" else "train"
+    write_idx(data_root / f"{split}-images-idx3-ubyte", images.to(torch.uint8))
+    write_idx(data_root / f"{split}-labels-idx1-ubyte", labels.to(torch.uint8))
+    error = user_error(capsys, subcommand, *tiny_args(data_root, tmp_path / "run"))
+    assert error.startswith(f"error: {data_root}/") and message in error and "replace it" in error
