@@ -160,3 +160,14 @@ def test_16_bit_pngs_are_scaled_not_saturated(tmp_path):
     images, _, failures = load_images(tmp_path, 28)
     assert not failures
     assert images[0, 0, ::7].tolist() == [0, 1, 128, 255]
+
+
+def test_a_decompression_bomb_is_skipped_like_other_unreadable_images(tmp_path, monkeypatch):
+    from PIL import Image
+
+    Image.new("L", (28, 28), 0).save(tmp_path / "small.png")
+    Image.new("L", (40, 40), 0).save(tmp_path / "huge.png")  # "huge" once Pillow's pixel limit is lowered
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 28 * 28 // 2)  # a 28x28 image is still under twice the limit
+    images, names, failures = load_images(tmp_path, 28)
+    assert names == ["small.png"] and len(images) == 1
+    assert failures == [f"{tmp_path / 'huge.png'}: not a readable image (DecompressionBombError)"]

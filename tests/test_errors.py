@@ -1,6 +1,7 @@
 """Bad input through the CLI: one line saying what is wrong and how to fix it, a non-zero exit, nothing written."""
 
 import gzip
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -172,3 +173,41 @@ def test_idx_data_that_does_not_fit_the_dataset_is_named(tmp_path, capsys, subco
     write_idx(data_root / f"{split}-labels-idx1-ubyte", labels.to(torch.uint8))
     error = user_error(capsys, subcommand, *tiny_args(data_root, tmp_path / "run"))
     assert error.startswith(f"error: {data_root}/") and message in error and "replace it" in error
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--model.heads", "0"], "heads=0 must be at least 1"),
+    (["--model.patch_size", "0"], "patch_size=0 must be at least 1"),
+    (["--trainer.max_epochs", "-5"], "--trainer settings: `max_epochs` must be a non-negative integer or -1"),
+    (["--model.optimizer.init_args.lr", "-0.1"], "--model.optimizer: Invalid learning rate: -0.1"),
+    (["--data.num_workers", "-1"], "--data.num_workers must be at least 0, got -1"),
+    (["--data.eval_batch_size", "0"], "--data.eval_batch_size must be at least 1, got 0"),
+])
+def test_settings_out_of_range_are_one_line_before_anything_is_written(data_root, tmp_path, capsys, flags, message):
+    error = user_error(capsys, "fit", *tiny_args(data_root, tmp_path / "run", *flags))
+    assert error.startswith(f"error: {message}")
+    assert not (tmp_path / "run").exists()
+
+
+def test_prediction_outputs_that_cannot_be_written_fail_before_predicting(trained, tmp_path, capsys):
+    data_root, run_dir = trained
+    Image.new("L", (28, 28), 200).save(tmp_path / "good.png")
+    read_only = tmp_path / "old.csv"
+    read_only.write_text("file,class,confidence\n")
+    read_only.chmod(0o444)
+    predict = ["predict", *tiny_args(data_root, run_dir), "--ckpt_path", "last", "--data.predict_path",
+               str(tmp_path / "good.png")]
+    for output, message in (("/proc/x.csv", "--predictions.output: /proc is not writable"),
+                            (str(read_only), f"--predictions.output {read_only} is read-only"),
+                            (f"{tmp_path / 'out'}/", f"--predictions.output {tmp_path / 'out'} is a folder")):
+        assert user_error(capsys, *predict, "--predictions.output", output).startswith(f"error: {message}")
+    assert read_only.read_text() == "file,class,confidence\n" and not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_log_folder_fails_before_anything_runs(data_root, tmp_path, capsys):
+    logs = tmp_path / "run" / "logs"
+    logs.mkdir(parents=True)
+    logs.chmod(0o555)
+    error = user_error(capsys, "fit", *tiny_args(data_root, tmp_path / "run"))
+    assert error == f"error: --trainer.default_root_dir: {logs} is not writable; choose a location you can write to"

@@ -194,3 +194,21 @@ def test_failed_save_leaves_the_previous_last_checkpoint_intact(tmp_path):
     assert resolve_checkpoint("last", tmp_path, fit=True) == str(last)
     restored = torch.load(last, weights_only=True)
     assert restored["global_step"] == 1 and torch.equal(restored["state_dict"]["weight"], torch.ones(10))
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(data_root, tmp_path):
+    run_dir = tmp_path / "run"
+    main(["fit", *run_args(data_root, run_dir, "--trainer.max_epochs", "1")])
+    last = run_dir / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+
+    def file_size_limit():  # what `ulimit -f 20` does: writes beyond 20 KiB fail with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20 * 1024, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    result = subprocess.run([sys.executable, "train.py", "fit", *run_args(data_root, run_dir), "--ckpt_path", "last"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120, preexec_fn=file_size_limit)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.splitlines()[-1].startswith("error: File too large (")
+    assert "--ckpt_path last" in result.stderr.splitlines()[-1]
+    assert last.read_bytes() == before and not list(last.parent.glob("*.tmp"))

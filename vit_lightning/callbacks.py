@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import time
 from pathlib import Path
 
@@ -61,7 +62,8 @@ class TrainingSpeed(Callback):
 class PredictionWriter(Callback):
     """After ``predict``, print file, predicted class and confidence per image; optionally write them as CSV.
 
-    Under DDP the rows of all ranks are gathered to rank 0, which prints and writes them once.
+    Under DDP the rows of all ranks are gathered to rank 0, which prints and writes them once. The CSV file is
+    written to ``NAME.tmp`` and renamed into place.
     """
 
     def __init__(self, output: str | None = None):
@@ -92,9 +94,14 @@ class PredictionWriter(Callback):
         if self.output:
             path = Path(self.output)
             path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("w", newline="") as f:
-                writer = csv.writer(f)
-                writer.writerow(["file", "class", "confidence"])
-                writer.writerows((name, label, f"{confidence:.6f}") for name, label, confidence in table)
+            temporary = path.with_name(path.name + ".tmp")  # renamed into place: never half a table over a good one
+            try:
+                with temporary.open("w", newline="") as f:
+                    writer = csv.writer(f)
+                    writer.writerow(["file", "class", "confidence"])
+                    writer.writerows((name, label, f"{confidence:.6f}") for name, label, confidence in table)
+                os.replace(temporary, path)
+            finally:
+                temporary.unlink(missing_ok=True)
             print(f"wrote {len(table)} predictions to {path}")
 

@@ -22,11 +22,15 @@ from vit_lightning.divergence import DivergenceError, first_non_finite
 
 class AtomicCheckpointIO(_WrappingCheckpointIO):
     """Write each checkpoint to ``NAME.tmp`` and rename it into place, so a crash mid-write never leaves a
-    truncated file where a good one was."""
+    truncated file where a good one was (a failed write removes its ``.tmp``)."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
         temporary = f"{path}.tmp"
-        self.checkpoint_io.save_checkpoint(checkpoint, temporary, storage_options)
+        try:
+            self.checkpoint_io.save_checkpoint(checkpoint, temporary, storage_options)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)  # half a checkpoint: free its space
+            raise
         os.replace(temporary, path)
 
 
@@ -88,7 +92,11 @@ class Checkpoint(ModelCheckpoint):
         problem = first_non_finite(trainer.lightning_module, trainer.optimizers)
         if problem:
             self._stop_diverged(trainer, f"the {problem} is not finite")
-        super()._save_checkpoint(trainer, filepath)
+        try:
+            super()._save_checkpoint(trainer, filepath)
+        except OSError as error:  # a full disk: name the file in the one-line error (cli.main)
+            error.filename = error.filename or filepath
+            raise
 
     def _stop_diverged(self, trainer: Trainer, what: str) -> None:
         """Raise the one-line :class:`DivergenceError`; every file saved so far passed the check above."""

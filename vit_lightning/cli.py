@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from jsonargparse import Namespace
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
@@ -80,12 +85,17 @@ class ViTCLI(LightningCLI):
                 if rank_zero_only.rank == 0 and os.environ.get("NODE_RANK", "0") == "0":  # not DDP's other ranks
                     self.lock = RunLock(root)
                     self.lock.acquire()
+            if config.trainer.logger in (None, True):  # the default CSV log
+                require_writable_folder(root / "logs", "--trainer.default_root_dir")
             if self.config.subcommand == "predict" and config.predictions.output:
                 output = Path(config.predictions.output)
-                if output.is_dir():
+                if output.is_dir() or config.predictions.output.endswith(os.sep):
                     raise UserError(f"--predictions.output {output} is a folder; give a file name such as "
                                     f"{output / 'predictions.csv'}")
                 require_writable_folder(output.parent, "--predictions.output")
+                if output.exists() and not (os.access(output, os.W_OK) and output.stat().st_mode & 0o222):
+                    raise UserError(f"--predictions.output {output} is read-only; make it writable or choose "
+                                    "another file")
 
     def _parse_ckpt_path(self) -> None:
         """Take the model settings from the ``--ckpt_path`` checkpoint (as LightningCLI does), after refusing
@@ -131,8 +141,15 @@ class ViTCLI(LightningCLI):
             return None
         return self.checkpoint.get("logger_versions", {}).get(logger_name)
 
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except MisconfigurationException as error:  # e.g. max_epochs -5: Lightning says what is wrong
+            raise UserError(f"--trainer settings: {str(error).splitlines()[0]}") from None
+
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
+        require_valid_optimizer(self.model.optimizer)
         if self.checkpoint is None:
             return
         require_fitting_state(self.model, self.checkpoint["state_dict"], self.config[self.subcommand].ckpt_path)
@@ -219,6 +236,17 @@ def require_fitting_state(model: torch.nn.Module, state_dict: dict, ckpt_path: s
                     "it was trained with")
 
 
+def require_valid_optimizer(optimizer: Callable | None) -> None:
+    """Raise a one-line :class:`UserError` when the ``--model.optimizer`` settings are refused by the optimizer
+    (a negative learning rate, betas outside [0, 1), ...), which would otherwise fail only once training starts."""
+    if optimizer is None:
+        return
+    try:
+        optimizer([torch.nn.Parameter(torch.zeros(1))])
+    except (ValueError, TypeError) as error:
+        raise UserError(f"--model.optimizer: {error}; fix its init_args (e.g. --model.optimizer.init_args.lr)") from None
+
+
 def require_writable_folder(folder: Path, option: str) -> None:
     """Raise a one-line :class:`UserError` unless ``folder`` exists or can be created, and can be written."""
     existing = folder
@@ -226,8 +254,12 @@ def require_writable_folder(folder: Path, option: str) -> None:
         existing = existing.parent
     if not existing.is_dir():
         raise UserError(f"{option}: cannot create {folder} because {existing} is a file; choose another location")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"{option}: {existing} is not writable; choose a location you can write to")
+    try:  # os.access is not enough: root passes it for read-only mounts and /proc
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise PermissionError
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError:
+        raise UserError(f"{option}: {existing} is not writable; choose a location you can write to") from None
 
 
 def main(args: list[str] | None = None) -> None:
@@ -240,3 +272,23 @@ def main(args: list[str] | None = None) -> None:
         sys.exit(1)
     except SIGTERMException:
         sys.exit(128 + signal.SIGTERM)
+    except OSError as error:
+        if error.errno not in (*NO_SPACE, *NOT_WRITABLE):
+            raise
+        print(f"error: {storage_problem(error)}", file=sys.stderr)
+        sys.exit(1)
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def storage_problem(error: OSError) -> str:
+    """One line for a write that failed because the disk is full or a location is not writable; files written
+    before (checkpoints are replaced atomically) are intact."""
+    where = f" ({error.filename})" if error.filename else ""
+    if error.errno in NO_SPACE:
+        return (f"{error.strerror}{where}: the disk is full or a file-size limit was reached; free some space and "
+                "run again (resume a fit with --ckpt_path last: the checkpoints already written are intact)")
+    return (f"{error.strerror}{where}; make the location writable or choose another --trainer.default_root_dir "
+            "(the checkpoints already written are intact)")

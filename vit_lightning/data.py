@@ -138,7 +138,7 @@ def load_images(path: Path, size: int) -> tuple[torch.Tensor, list[str], list[st
                 gray = _grayscale(image).resize((size, size), Image.Resampling.BILINEAR)
                 images.append(torch.frombuffer(bytearray(gray.tobytes()), dtype=torch.uint8).reshape(size, size))
             names.append(str(file.relative_to(path)) if path.is_dir() else file.name)
-        except (UnidentifiedImageError, OSError, ValueError) as e:
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as e:
             failures.append(f"{file}: not a readable image ({type(e).__name__})")
     if not images:
         raise UserError(
@@ -225,8 +225,10 @@ class MNISTDataModule(LightningDataModule):
         super().__init__()
         if dataset not in DATASETS:
             raise UserError(f"unknown --data.dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
-        if batch_size < 1 or eval_batch_size < 1:
-            raise UserError(f"--data.batch_size and --data.eval_batch_size must be positive, got {batch_size}")
+        for name, value, least in (("batch_size", batch_size, 1), ("eval_batch_size", eval_batch_size, 1),
+                                   ("num_workers", num_workers, 0)):
+            if value < least:
+                raise UserError(f"--data.{name} must be at least {least}, got {value}")
         self.save_hyperparameters(logger=False)  # loggers get the whole CLI config (tracking.RunConfig)
         self.info = DATASETS[dataset]
         self.root = Path(root).expanduser()
