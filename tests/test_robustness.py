@@ -212,3 +212,32 @@ def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(data_root, tm
     assert result.stderr.splitlines()[-1].startswith("error: File too large (")
     assert "--ckpt_path last" in result.stderr.splitlines()[-1]
     assert last.read_bytes() == before and not list(last.parent.glob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_sigterm_stops_predict_and_keeps_the_previous_predictions(data_root, tmp_path):
+    from PIL import Image
+
+    run_dir = tmp_path / "run"
+    main(["fit", *run_args(data_root, run_dir, "--trainer.max_epochs", "1")])
+    images = tmp_path / "images"
+    images.mkdir()
+    for value in range(40):
+        Image.new("L", (28, 28), value * 6).save(images / f"img{value:02d}.png")
+    output, marker = tmp_path / "predictions.csv", tmp_path / "predicting"
+    output.write_text("file,class,confidence\nearlier.png,3,0.9\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
+    process = subprocess.Popen(
+        [sys.executable, "train.py", "predict", *run_args(data_root, run_dir), "--ckpt_path", "last",
+         "--data.predict_path", str(images), "--data.eval_batch_size", "1", "--predictions.output", str(output),
+         "--trainer.callbacks+=hooks.SlowPredict", f"--trainer.callbacks.marker={marker}"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 90
+    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 143 and "Traceback" not in stderr, stderr[-3000:]
+    assert stderr.splitlines()[-1].startswith("SIGTERM: stopped predicting after ")
+    assert output.read_text() == "file,class,confidence\nearlier.png,3,0.9\n"
+    assert not list(tmp_path.glob("*.tmp"))

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import csv
 import os
+import sys
 import time
 from pathlib import Path
 
 import torch.distributed as dist
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 
 class EpochSummary(Callback):
@@ -63,7 +66,8 @@ class PredictionWriter(Callback):
     """After ``predict``, print file, predicted class and confidence per image; optionally write them as CSV.
 
     Under DDP the rows of all ranks are gathered to rank 0, which prints and writes them once. The CSV file is
-    written to ``NAME.tmp`` and renamed into place.
+    written to ``NAME.tmp`` and renamed into place. SIGTERM stops predicting before the next batch (Lightning's
+    prediction loop, unlike the others, does not check for it) and writes nothing.
     """
 
     def __init__(self, output: str | None = None):
@@ -72,6 +76,15 @@ class PredictionWriter(Callback):
 
     def on_predict_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._rows = []
+
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        if trainer.received_sigterm:
+            raise SIGTERMException
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException) and trainer.state.fn == TrainerFn.PREDICTING and trainer.is_global_zero:
+            kept = f"; nothing written to {self.output}" if self.output else ""
+            print(f"SIGTERM: stopped predicting after {len(self._rows)} images{kept}", file=sys.stderr)
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         confidence = outputs["probabilities"].max(dim=-1).values
