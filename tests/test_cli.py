@@ -1,6 +1,7 @@
 """The real CLI end to end on a tiny dataset: fit, test, predict, resume, errors."""
 
 import csv
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -149,3 +150,13 @@ def test_default_architecture_fits_tests_with_flips_and_draws_its_attention(data
               "--model.test_time_flip", flip])
         losses[flip] = [float(row["test/loss"]) for row in read_metrics(run_dir) if row.get("test/loss")][-1]
     assert losses["false"] != losses["true"]  # the flag reached the model although the checkpoint does not hold it
+
+
+def test_ckpt_path_best_is_found_in_a_copied_run_folder(data_root, tmp_path):
+    original, copy = tmp_path / "run", tmp_path / "copy"
+    main(["fit", *tiny_args(data_root, original, "--trainer.max_epochs", "1")])
+    shutil.copytree(original, copy)
+    shutil.rmtree(original)  # last.ckpt still names the original folder's best checkpoint
+    main(["test", *tiny_args(data_root, copy), "--ckpt_path", "best"])
+    assert len([row for row in read_metrics(copy) if row.get("test/acc")]) == 1
+    assert not original.exists()

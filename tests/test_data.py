@@ -1,6 +1,7 @@
 import gzip
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -110,7 +111,7 @@ def test_some_files_missing_are_named(tmp_path):
         find_idx_files(tmp_path, "mnist")
 
 
-@pytest.mark.parametrize("damage", ["magic", "truncated", "bad_gzip"])
+@pytest.mark.parametrize("damage", ["magic", "truncated", "bad_gzip", "empty"])
 def test_corrupt_idx_files_are_reported(tmp_path, damage):
     array = torch.zeros(10, 28, 28, dtype=torch.uint8)
     if damage == "magic":
@@ -121,10 +122,14 @@ def test_corrupt_idx_files_are_reported(tmp_path, damage):
         path = write_idx(tmp_path / "x.gz", array)
         path.write_bytes(gzip.compress(gzip.decompress(path.read_bytes())[:-100]))
         match = "corrupt"
-    else:
+    elif damage == "bad_gzip":
         path = write_idx(tmp_path / "x.gz", array)
         path.write_bytes(path.read_bytes()[:40])
         match = "cannot read"
+    else:
+        path = tmp_path / "x"
+        path.write_bytes(b"")
+        match = "x is empty; replace it"
     with pytest.raises(UserError, match=match):
         read_idx(path)
 
@@ -143,3 +148,26 @@ def test_predict_images_from_a_folder_skip_unreadable_files(tmp_path):
     (tmp_path / "black.jpg").unlink()
     with pytest.raises(UserError, match="no readable images"):
         load_images(tmp_path, 28)
+
+
+def test_16_bit_pngs_are_scaled_not_saturated(tmp_path):
+    from PIL import Image
+
+    levels = np.array([0, 257, 32896, 65535])  # 0, 1, 128 and 255 in 8 bits
+    pixels = np.repeat(levels, 7)[None, :].repeat(28, axis=0)  # four vertical bands
+    Image.fromarray(pixels.astype(np.uint16)).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode == "I;16"
+    images, _, failures = load_images(tmp_path, 28)
+    assert not failures
+    assert images[0, 0, ::7].tolist() == [0, 1, 128, 255]
+
+
+def test_a_decompression_bomb_is_skipped_like_other_unreadable_images(tmp_path, monkeypatch):
+    from PIL import Image
+
+    Image.new("L", (28, 28), 0).save(tmp_path / "small.png")
+    Image.new("L", (40, 40), 0).save(tmp_path / "huge.png")  # "huge" once Pillow's pixel limit is lowered
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 28 * 28 // 2)  # a 28x28 image is still under twice the limit
+    images, names, failures = load_images(tmp_path, 28)
+    assert names == ["small.png"] and len(images) == 1
+    assert failures == [f"{tmp_path / 'huge.png'}: not a readable image (DecompressionBombError)"]

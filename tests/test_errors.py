@@ -1,6 +1,7 @@
 """Bad input through the CLI: one line saying what is wrong and how to fix it, a non-zero exit, nothing written."""
 
 import gzip
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -125,3 +126,88 @@ def test_unwritable_output_locations_fail_before_anything_runs(trained, tmp_path
     error = user_error(capsys, *predict, "--predictions.output", str(tmp_path))
     assert error.startswith(f"error: --predictions.output {tmp_path} is a folder")
     assert blocker.read_text() == "a file, not a folder"
+
+
+@pytest.mark.parametrize("subcommand, flags, trained_with", [
+    ("fit", ["--model.dim", "32"], "--model.dim 16, not --model.dim 32"),
+    ("fit", ["--model.optimizer.init_args.lr", "0.1"], "lr 0.001, not --model.optimizer.init_args.lr 0.1"),
+    ("fit", ["--model.lr_schedule", "onecycle"], "--model.lr_schedule warmup_cosine, not --model.lr_schedule onecycle"),
+    ("test", ["--model.depth", "2"], "--model.depth 1, not --model.depth 2"),
+])
+def test_model_flags_that_contradict_the_checkpoint_are_refused(trained, tmp_path, capsys, subcommand, flags,
+                                                                trained_with):
+    data_root, run_dir = trained
+    before = (run_dir / "checkpoints" / "last.ckpt").read_bytes()
+    error = user_error(capsys, subcommand, *tiny_args(data_root, run_dir, *flags), "--ckpt_path", "last")
+    assert error.startswith(f"error: --ckpt_path {run_dir / 'checkpoints' / 'last.ckpt'} was trained with ")
+    assert trained_with in error and "drop these flags" in error
+    assert (run_dir / "checkpoints" / "last.ckpt").read_bytes() == before
+
+
+def test_training_only_flags_do_not_stop_an_evaluation(trained, tmp_path):
+    data_root, run_dir = trained
+    main(["test", *tiny_args(data_root, tmp_path / "out", "--model.optimizer.init_args.lr", "0.1"),
+          "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt")])
+    assert list((tmp_path / "out" / "logs").glob("version_*/metrics.csv"))
+
+
+def test_a_training_set_smaller_than_one_batch_is_one_line(data_root, tmp_path, capsys):
+    error = user_error(capsys, "fit", *tiny_args(data_root, tmp_path / "run", "--data.val_size", "210"))
+    assert error == ("error: 30 training images (after --data.val_size 210) do not fill one batch of "
+                     "--data.batch_size 40; lower --data.val_size or --data.batch_size")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("subcommand, images, labels, message", [
+    ("fit", torch.zeros(240, 20, 20), torch.zeros(240), "train-images-idx3-ubyte holds 20x20 images, not 28x28"),
+    ("fit", torch.zeros(240, 28, 28), torch.full((240,), 12), "train-labels-idx1-ubyte holds label 12, outside"),
+    ("test", torch.zeros(101, 28, 28), torch.full((101,), 255), "t10k-labels-idx1-ubyte holds label 255, outside"),
+    ("fit", torch.zeros(0, 28, 28), torch.zeros(0), "train-images-idx3-ubyte holds no images"),
+])
+def test_idx_data_that_does_not_fit_the_dataset_is_named(tmp_path, capsys, subcommand, images, labels, message):
+    from vit_lightning.data import write_idx
+
+    data_root = write_dataset(tmp_path / "data")
+    split = "t10k" if subcommand == "test" else "train"
+    write_idx(data_root / f"{split}-images-idx3-ubyte", images.to(torch.uint8))
+    write_idx(data_root / f"{split}-labels-idx1-ubyte", labels.to(torch.uint8))
+    error = user_error(capsys, subcommand, *tiny_args(data_root, tmp_path / "run"))
+    assert error.startswith(f"error: {data_root}/") and message in error and "replace it" in error
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--model.heads", "0"], "heads=0 must be at least 1"),
+    (["--model.patch_size", "0"], "patch_size=0 must be at least 1"),
+    (["--trainer.max_epochs", "-5"], "--trainer settings: `max_epochs` must be a non-negative integer or -1"),
+    (["--model.optimizer.init_args.lr", "-0.1"], "--model.optimizer: Invalid learning rate: -0.1"),
+    (["--data.num_workers", "-1"], "--data.num_workers must be at least 0, got -1"),
+    (["--data.eval_batch_size", "0"], "--data.eval_batch_size must be at least 1, got 0"),
+])
+def test_settings_out_of_range_are_one_line_before_anything_is_written(data_root, tmp_path, capsys, flags, message):
+    error = user_error(capsys, "fit", *tiny_args(data_root, tmp_path / "run", *flags))
+    assert error.startswith(f"error: {message}")
+    assert not (tmp_path / "run").exists()
+
+
+def test_prediction_outputs_that_cannot_be_written_fail_before_predicting(trained, tmp_path, capsys):
+    data_root, run_dir = trained
+    Image.new("L", (28, 28), 200).save(tmp_path / "good.png")
+    read_only = tmp_path / "old.csv"
+    read_only.write_text("file,class,confidence\n")
+    read_only.chmod(0o444)
+    predict = ["predict", *tiny_args(data_root, run_dir), "--ckpt_path", "last", "--data.predict_path",
+               str(tmp_path / "good.png")]
+    for output, message in (("/proc/x.csv", "--predictions.output: /proc is not writable"),
+                            (str(read_only), f"--predictions.output {read_only} is read-only"),
+                            (f"{tmp_path / 'out'}/", f"--predictions.output {tmp_path / 'out'} is a folder")):
+        assert user_error(capsys, *predict, "--predictions.output", output).startswith(f"error: {message}")
+    assert read_only.read_text() == "file,class,confidence\n" and not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_log_folder_fails_before_anything_runs(data_root, tmp_path, capsys):
+    logs = tmp_path / "run" / "logs"
+    logs.mkdir(parents=True)
+    logs.chmod(0o555)
+    error = user_error(capsys, "fit", *tiny_args(data_root, tmp_path / "run"))
+    assert error == f"error: --trainer.default_root_dir: {logs} is not writable; choose a location you can write to"

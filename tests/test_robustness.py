@@ -110,6 +110,27 @@ def test_signal_saves_a_resumable_checkpoint_and_exits_cleanly(data_root, tmp_pa
     assert_complete_and_continuous(run_dir)
 
 
+@pytest.mark.slow
+def test_a_second_fit_in_a_busy_run_folder_is_refused_until_the_first_is_gone(data_root, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    process = start_fit(data_root, run_dir)
+    wait_for_checkpoint(process, last, min_step=2)
+    for extra in ([], ["--ckpt_path", "last"]):
+        with pytest.raises(SystemExit):
+            main(["fit", *run_args(data_root, run_dir), *extra])
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert error.startswith(f"error: {run_dir} is in use: process {process.pid} is training there")
+    assert process.poll() is None  # the first run goes on undisturbed
+    process.kill()  # leaves a stale lock behind: its owner is gone
+    process.communicate()
+    assert (run_dir / "fit.lock").read_text().split()[0] == str(process.pid)
+
+    main(["fit", *run_args(data_root, run_dir), "--ckpt_path", "last"])
+    assert_complete_and_continuous(run_dir)
+    assert not (run_dir / "fit.lock").exists()
+
+
 def test_nan_loss_stops_with_one_line_and_keeps_the_good_checkpoints(data_root, tmp_path, capsys, monkeypatch):
     monkeypatch.syspath_prepend(str(TESTS))
     run_dir = tmp_path / "run"
@@ -128,6 +149,30 @@ def test_nan_loss_stops_with_one_line_and_keeps_the_good_checkpoints(data_root, 
         checkpoint = torch.load(run_dir / "checkpoints" / name, map_location="cpu", weights_only=True)
         assert checkpoint["global_step"] <= diverge_at
         assert all(torch.isfinite(tensor).all() for tensor in checkpoint["state_dict"].values()), name
+
+
+@pytest.mark.parametrize("value, broken", [(".nan", "weight model."), ("1e30", "optimizer state exp_avg_sq")])
+def test_non_finite_weights_after_a_finite_loss_are_never_saved(data_root, tmp_path, capsys, monkeypatch, value,
+                                                                broken):
+    monkeypatch.syspath_prepend(str(TESTS))
+    run_dir = tmp_path / "run"
+    poisoned = 2 * STEPS_PER_EPOCH - 1  # the last step of epoch 1: the epoch-end save would write its result
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *run_args(data_root, run_dir, "--checkpoint.every_n_train_steps", "0"),
+              "--trainer.callbacks+=hooks.PoisonGradients", f"--trainer.callbacks.step={poisoned}",
+              f"--trainer.callbacks.value={value}"])
+    assert exit_info.value.code == 1
+    stderr = capsys.readouterr().err
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in stderr and len(errors) == 1
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert errors[0].startswith(f"error: the {broken}") and "is not finite at step 10 (epoch 1)" in errors[0]
+    assert f"the last good checkpoint is {last}" in errors[0]
+    for path in (run_dir / "checkpoints").iterdir():
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        assert checkpoint["global_step"] == STEPS_PER_EPOCH, path.name  # epoch 0's, nothing later
+        moments = [value for state in checkpoint["optimizer_states"][0]["state"].values() for value in state.values()]
+        assert all(torch.isfinite(tensor).all() for tensor in [*checkpoint["state_dict"].values(), *moments])
 
 
 def test_failed_save_leaves_the_previous_last_checkpoint_intact(tmp_path):
@@ -149,3 +194,50 @@ def test_failed_save_leaves_the_previous_last_checkpoint_intact(tmp_path):
     assert resolve_checkpoint("last", tmp_path, fit=True) == str(last)
     restored = torch.load(last, weights_only=True)
     assert restored["global_step"] == 1 and torch.equal(restored["state_dict"]["weight"], torch.ones(10))
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(data_root, tmp_path):
+    run_dir = tmp_path / "run"
+    main(["fit", *run_args(data_root, run_dir, "--trainer.max_epochs", "1")])
+    last = run_dir / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+
+    def file_size_limit():  # what `ulimit -f 20` does: writes beyond 20 KiB fail with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20 * 1024, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    result = subprocess.run([sys.executable, "train.py", "fit", *run_args(data_root, run_dir), "--ckpt_path", "last"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120, preexec_fn=file_size_limit)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.splitlines()[-1].startswith("error: File too large (")
+    assert "--ckpt_path last" in result.stderr.splitlines()[-1]
+    assert last.read_bytes() == before and not list(last.parent.glob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_sigterm_stops_predict_and_keeps_the_previous_predictions(data_root, tmp_path):
+    from PIL import Image
+
+    run_dir = tmp_path / "run"
+    main(["fit", *run_args(data_root, run_dir, "--trainer.max_epochs", "1")])
+    images = tmp_path / "images"
+    images.mkdir()
+    for value in range(40):
+        Image.new("L", (28, 28), value * 6).save(images / f"img{value:02d}.png")
+    output, marker = tmp_path / "predictions.csv", tmp_path / "predicting"
+    output.write_text("file,class,confidence\nearlier.png,3,0.9\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
+    process = subprocess.Popen(
+        [sys.executable, "train.py", "predict", *run_args(data_root, run_dir), "--ckpt_path", "last",
+         "--data.predict_path", str(images), "--data.eval_batch_size", "1", "--predictions.output", str(output),
+         "--trainer.callbacks+=hooks.SlowPredict", f"--trainer.callbacks.marker={marker}"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 90
+    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 143 and "Traceback" not in stderr, stderr[-3000:]
+    assert stderr.splitlines()[-1].startswith("SIGTERM: stopped predicting after ")
+    assert output.read_text() == "file,class,confidence\nearlier.png,3,0.9\n"
+    assert not list(tmp_path.glob("*.tmp"))

@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import socket
 import struct
 import subprocess
 import sys
@@ -154,16 +155,48 @@ def test_wandb_dir_and_project_come_from_the_environment(tmp_path):
     assert run.project == "elsewhere"
 
 
-def test_online_without_credentials_is_a_one_line_error(tmp_path):
+@pytest.fixture
+def server():
+    """The URL of a local port that accepts connections: a W&B server that online mode can reach."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+
+def test_online_without_credentials_is_a_one_line_error(tmp_path, server):
     data_root = write_dataset(tmp_path / "data", gz=True)
-    result = train("fit", *tiny_args(data_root, tmp_path / "run"), *WANDB, mode="online", HOME=str(tmp_path))
+    result = train("fit", *tiny_args(data_root, tmp_path / "run"), *WANDB, mode="online", HOME=str(tmp_path),
+                   WANDB_BASE_URL=server)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     [error] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert "wandb login" in error and "WANDB_MODE=offline" in error
     assert not (tmp_path / "run").exists()
 
 
-def test_credentials_are_only_required_online(tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_online_without_a_reachable_server_falls_back_to_offline_at_once(tmp_path):
+    data_root = write_dataset(tmp_path / "data", gz=True)
+    server = "http://127.0.0.1:9"  # nothing listens there: like a machine without network
+    result = trained("fit", *tiny_args(data_root, tmp_path / "run"), *WANDB, "--trainer.max_epochs", "1",
+                     "--trainer.limit_train_batches", "1", mode="online", WANDB_API_KEY="0" * 40,
+                     WANDB_BASE_URL=server)
+    assert "Traceback" not in result.stderr
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("W&B cannot reach")]
+    assert line.startswith(f"W&B cannot reach {server} (") and "logging offline" in line and "wandb sync" in line
+    assert len(offline_runs(tmp_path / "run")) == 1
+
+
+@pytest.mark.slow
+def test_an_empty_wandb_mode_means_unset(tmp_path, server):
+    data_root = write_dataset(tmp_path / "data", gz=True)
+    result = train("fit", *tiny_args(data_root, tmp_path / "run"), *WANDB, mode="", HOME=str(tmp_path),
+                   WANDB_BASE_URL=server)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1].startswith("error: W&B is online but has no API key")
+
+
+def test_credentials_are_only_required_online(tmp_path, monkeypatch, server):
     from jsonargparse import Namespace
 
     from vit_lightning.errors import UserError
@@ -172,6 +205,7 @@ def test_credentials_are_only_required_online(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_DIR", "WANDB_PROJECT"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_BASE_URL", server)
     for offline in ({"mode": "offline"}, {"offline": True}):
         logger = Namespace(class_path="lightning.pytorch.loggers.WandbLogger", init_args=Namespace(**offline))
         prepare_wandb(logger, str(tmp_path), resumed_run_id="abc123")

@@ -4,12 +4,16 @@ search."""
 from __future__ import annotations
 
 import csv
+import os
+import sys
 import time
 from pathlib import Path
 
 import torch.distributed as dist
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import LearningRateFinder
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 
@@ -64,7 +68,9 @@ class TrainingSpeed(Callback):
 class PredictionWriter(Callback):
     """After ``predict``, print file, predicted class and confidence per image; optionally write them as CSV.
 
-    Under DDP the rows of all ranks are gathered to rank 0, which prints and writes them once.
+    Under DDP the rows of all ranks are gathered to rank 0, which prints and writes them once. The CSV file is
+    written to ``NAME.tmp`` and renamed into place. SIGTERM stops predicting before the next batch (Lightning's
+    prediction loop, unlike the others, does not check for it) and writes nothing.
     """
 
     def __init__(self, output: str | None = None):
@@ -73,6 +79,15 @@ class PredictionWriter(Callback):
 
     def on_predict_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._rows = []
+
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        if trainer.received_sigterm:
+            raise SIGTERMException
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException) and trainer.state.fn == TrainerFn.PREDICTING and trainer.is_global_zero:
+            kept = f"; nothing written to {self.output}" if self.output else ""
+            print(f"SIGTERM: stopped predicting after {len(self._rows)} images{kept}", file=sys.stderr)
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         confidence = outputs["probabilities"].max(dim=-1).values
@@ -95,10 +110,15 @@ class PredictionWriter(Callback):
         if self.output:
             path = Path(self.output)
             path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("w", newline="") as f:
-                writer = csv.writer(f)
-                writer.writerow(["file", "class", "confidence"])
-                writer.writerows((name, label, f"{confidence:.6f}") for name, label, confidence in table)
+            temporary = path.with_name(path.name + ".tmp")  # renamed into place: never half a table over a good one
+            try:
+                with temporary.open("w", newline="") as f:
+                    writer = csv.writer(f)
+                    writer.writerow(["file", "class", "confidence"])
+                    writer.writerows((name, label, f"{confidence:.6f}") for name, label, confidence in table)
+                os.replace(temporary, path)
+            finally:
+                temporary.unlink(missing_ok=True)
             print(f"wrote {len(table)} predictions to {path}")
 
 

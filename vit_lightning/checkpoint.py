@@ -17,21 +17,21 @@ from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from vit_lightning.errors import UserError
+from vit_lightning.divergence import DivergenceError, first_non_finite
 
 
 class AtomicCheckpointIO(_WrappingCheckpointIO):
     """Write each checkpoint to ``NAME.tmp`` and rename it into place, so a crash mid-write never leaves a
-    truncated file where a good one was."""
+    truncated file where a good one was (a failed write removes its ``.tmp``)."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
         temporary = f"{path}.tmp"
-        self.checkpoint_io.save_checkpoint(checkpoint, temporary, storage_options)
+        try:
+            self.checkpoint_io.save_checkpoint(checkpoint, temporary, storage_options)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)  # half a checkpoint: free its space
+            raise
         os.replace(temporary, path)
-
-
-class NonFiniteLossError(UserError):
-    """Training diverged: the loss became NaN or infinite."""
 
 
 class Checkpoint(ModelCheckpoint):
@@ -45,8 +45,9 @@ class Checkpoint(ModelCheckpoint):
       print one line saying how to resume (SIGINT waits for the running training batch, and any validation after
       it, to finish; a second one stops at once); other exceptions save nothing, so a failure never overwrites a
       good checkpoint;
-    - a NaN or infinite loss stops training before its backward pass with :class:`NonFiniteLossError`, so the
-      checkpoints keep the last good weights;
+    - training diverged stops with a :class:`~vit_lightning.divergence.DivergenceError` naming the last good
+      checkpoint: a NaN or infinite loss before its backward pass, and non-finite weights or optimizer state
+      (which a finite loss can produce) before they would be saved, so no checkpoint ever holds them;
     - each checkpoint records the log folder and every logger's version (a W&B run id), so a resumed run can
       continue the same metrics log and the same W&B run.
     """
@@ -85,11 +86,26 @@ class Checkpoint(ModelCheckpoint):
 
     def on_before_backward(self, trainer: Trainer, pl_module: LightningModule, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss).all():
-            kept = f"the last good checkpoint is {self.last_model_path}" if self.last_model_path else "nothing saved"
-            raise NonFiniteLossError(
-                f"the training loss is {loss.item()} at step {trainer.global_step} (epoch {trainer.current_epoch}); "
-                f"training stopped and {kept}; lower the learning rate (then resume with --ckpt_path last)"
-            )
+            self._stop_diverged(trainer, f"the training loss is {loss.item()}")
+
+    def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
+        problem = first_non_finite(trainer.lightning_module, trainer.optimizers)
+        if problem:
+            self._stop_diverged(trainer, f"the {problem} is not finite")
+        try:
+            super()._save_checkpoint(trainer, filepath)
+        except OSError as error:  # a full disk: name the file in the one-line error (cli.main)
+            error.filename = error.filename or filepath
+            raise
+
+    def _stop_diverged(self, trainer: Trainer, what: str) -> None:
+        """Raise the one-line :class:`DivergenceError`; every file saved so far passed the check above."""
+        good = self.last_model_path if self.last_model_path and os.path.isfile(self.last_model_path) else None
+        kept = f"the last good checkpoint is {good}" if good else "no checkpoint was saved yet"
+        raise DivergenceError(
+            f"{what} at step {trainer.global_step} (epoch {trainer.current_epoch}); training stopped and {kept}; "
+            "lower the learning rate (--model.optimizer.init_args.lr) and train again"
+        )
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)

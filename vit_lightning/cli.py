@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
 import sys
+import tempfile
 import warnings
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from jsonargparse import Namespace
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from vit_lightning.callbacks import PredictionWriter
 from vit_lightning.checkpoint import Checkpoint
@@ -22,9 +28,11 @@ from vit_lightning.metrics_log import ResumableCSVLogger
 from vit_lightning.module import ViTClassifier
 from vit_lightning.pictures import Pictures
 from vit_lightning.presets import preset_file
+from vit_lightning.run_lock import RunLock
 from vit_lightning.tracking import RunConfig, is_wandb_logger, prepare_wandb
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
+TRAINING_ONLY = ("optimizer", "lr_schedule", "warmup_fraction", "label_smoothing", "dropout")  # no effect on eval
 
 
 class ViTCLI(LightningCLI):
@@ -37,20 +45,25 @@ class ViTCLI(LightningCLI):
     """
 
     checkpoint: dict | None = None  # the --ckpt_path checkpoint, loaded (memory-mapped) once while parsing
+    lock: RunLock | None = None  # held by a fit (its first process) while it runs
 
     def __init__(self, args: list[str] | None = None, run: bool = True):
         defaults = {"default_config_files": [str(preset_file("default"))]}
-        super().__init__(
-            ViTClassifier,
-            MNISTDataModule,
-            seed_everything_default=42,
-            parser_kwargs={subcommand: defaults for subcommand in SUBCOMMANDS},
-            save_config_callback=RunConfig,
-            save_config_kwargs={"overwrite": True},
-            auto_configure_optimizers=False,
-            args=args,
-            run=run,
-        )
+        try:
+            super().__init__(
+                ViTClassifier,
+                MNISTDataModule,
+                seed_everything_default=42,
+                parser_kwargs={subcommand: defaults for subcommand in SUBCOMMANDS},
+                save_config_callback=RunConfig,
+                save_config_kwargs={"overwrite": True},
+                auto_configure_optimizers=False,
+                args=args,
+                run=run,
+            )
+        finally:
+            if self.lock is not None:
+                self.lock.release()
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(Checkpoint, "checkpoint")
@@ -71,12 +84,43 @@ class ViTCLI(LightningCLI):
             require_writable_folder(root, "--trainer.default_root_dir")
             if self.config.subcommand == "fit":
                 require_writable_folder(Path(config.checkpoint.dirpath), "--checkpoint.dirpath")
+                if rank_zero_only.rank == 0 and os.environ.get("NODE_RANK", "0") == "0":  # not DDP's other ranks
+                    self.lock = RunLock(root)
+                    self.lock.acquire()
+            if config.trainer.logger in (None, True):  # the default CSV log
+                require_writable_folder(root / "logs", "--trainer.default_root_dir")
             if self.config.subcommand == "predict" and config.predictions.output:
                 output = Path(config.predictions.output)
-                if output.is_dir():
+                if output.is_dir() or config.predictions.output.endswith(os.sep):
                     raise UserError(f"--predictions.output {output} is a folder; give a file name such as "
                                     f"{output / 'predictions.csv'}")
                 require_writable_folder(output.parent, "--predictions.output")
+                if output.exists() and not (os.access(output, os.W_OK) and output.stat().st_mode & 0o222):
+                    raise UserError(f"--predictions.output {output} is read-only; make it writable or choose "
+                                    "another file")
+
+    def _parse_ckpt_path(self) -> None:
+        """Take the model settings from the ``--ckpt_path`` checkpoint (as LightningCLI does), after refusing
+        ``--model`` settings given on the command line or in a ``--config`` that contradict them (which
+        LightningCLI would silently override)."""
+        hparams = {key: value for key, value in ((self.checkpoint or {}).get("hyper_parameters") or {}).items()
+                   if key != "_instantiator"}
+        if not hparams:
+            return
+        subcommand = self.config.subcommand
+        config = self.config[subcommand]
+        defaults = self._subcommand_parsers[subcommand].get_defaults().model
+        conflicts = contradicted_settings(hparams, config.model.as_dict(), defaults.as_dict())
+        if subcommand != "fit":
+            conflicts = [c for c in conflicts if c[0].split(".")[0] not in TRAINING_ONLY]
+        if conflicts:
+            given = ", ".join(f"--model.{key} {mine}" for key, _, mine in conflicts)
+            trained = ", ".join(f"--model.{key} {theirs}" for key, theirs, _ in conflicts)
+            remedy = ("a resumed fit keeps the checkpoint's model settings: drop these flags, or train a new run in "
+                      "another --trainer.default_root_dir" if subcommand == "fit"
+                      else "the checkpoint's model settings apply: drop these flags")
+            raise UserError(f"--ckpt_path {config.ckpt_path} was trained with {trained}, not {given}; {remedy}")
+        self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -99,8 +143,15 @@ class ViTCLI(LightningCLI):
             return None
         return self.checkpoint.get("logger_versions", {}).get(logger_name)
 
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except MisconfigurationException as error:  # e.g. max_epochs -5: Lightning says what is wrong
+            raise UserError(f"--trainer settings: {str(error).splitlines()[0]}") from None
+
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
+        require_valid_optimizer(self.model.optimizer)
         if self.checkpoint is None:
             return
         require_fitting_state(self.model, self.checkpoint["state_dict"], self.config[self.subcommand].ckpt_path)
@@ -109,7 +160,8 @@ class ViTCLI(LightningCLI):
 
 
 def resolve_checkpoint(ckpt_path: str | None, checkpoint_dir: Path, fit: bool) -> str | None:
-    """Turn ``best``/``last`` into the file in ``checkpoint_dir`` (the caller loads it with :func:`load_checkpoint`).
+    """Turn ``best``/``last`` into the file in ``checkpoint_dir`` (the caller loads it with :func:`load_checkpoint`);
+    ``best`` is the file of that name in ``checkpoint_dir``, wherever the run folder was when it was saved.
 
     A real path lets LightningCLI rebuild the model from the checkpoint's saved hyper-parameters. ``fit`` with
     ``last`` and no checkpoint yet stays ``last``: Lightning then warns and starts from scratch.
@@ -128,9 +180,11 @@ def resolve_checkpoint(ckpt_path: str | None, checkpoint_dir: Path, fit: bool) -
             raise UserError(f"--ckpt_path best: no checkpoints in {checkpoint_dir}; train first or pass --ckpt_path PATH")
         states = load_checkpoint(last).get("callbacks", {})
         best = next((s["best_model_path"] for s in states.values() if isinstance(s, dict) and s.get("best_model_path")), "")
-        if not best or not Path(best).is_file():
-            raise UserError(f"--ckpt_path best: {last} names no best checkpoint that still exists; pass --ckpt_path PATH")
-        return best
+        # the stored path is absolute: look for its file name here, so a copied or moved run folder uses its own
+        if not best or not (checkpoint_dir / Path(best).name).is_file():
+            raise UserError(f"--ckpt_path best: {last} names no best checkpoint that is still in {checkpoint_dir}; "
+                            "pass --ckpt_path PATH")
+        return str(checkpoint_dir / Path(best).name)
     return ckpt_path
 
 
@@ -150,6 +204,25 @@ def load_checkpoint(path: Path) -> dict:
     return checkpoint
 
 
+def contradicted_settings(saved: dict, config: dict, defaults: dict) -> list[tuple[str, object, object]]:
+    """``(dotted key, saved value, configured value)`` for every setting the user changed from its default
+    (``config`` != ``defaults``) to something other than the checkpoint's ``saved`` value."""
+    flat_saved, flat_config, flat_defaults = (_flatten(mapping) for mapping in (saved, config, defaults))
+    return [(key, value, flat_config[key]) for key, value in flat_saved.items()
+            if key in flat_config and flat_config[key] != value and flat_config[key] != flat_defaults.get(key)]
+
+
+def _flatten(mapping: dict, prefix: str = "") -> dict[str, object]:
+    """``{"optimizer": {"init_args": {"lr": 0.1}}}`` as ``{"optimizer.init_args.lr": 0.1}``; tuples as lists."""
+    flat = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
 def require_fitting_state(model: torch.nn.Module, state_dict: dict, ckpt_path: str) -> None:
     """Raise a one-line :class:`UserError` when a checkpoint's weights do not fit ``model`` (another architecture)."""
     expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
@@ -165,6 +238,17 @@ def require_fitting_state(model: torch.nn.Module, state_dict: dict, ckpt_path: s
                     "it was trained with")
 
 
+def require_valid_optimizer(optimizer: Callable | None) -> None:
+    """Raise a one-line :class:`UserError` when the ``--model.optimizer`` settings are refused by the optimizer
+    (a negative learning rate, betas outside [0, 1), ...), which would otherwise fail only once training starts."""
+    if optimizer is None:
+        return
+    try:
+        optimizer([torch.nn.Parameter(torch.zeros(1))])
+    except (ValueError, TypeError) as error:
+        raise UserError(f"--model.optimizer: {error}; fix its init_args (e.g. --model.optimizer.init_args.lr)") from None
+
+
 def require_writable_folder(folder: Path, option: str) -> None:
     """Raise a one-line :class:`UserError` unless ``folder`` exists or can be created, and can be written."""
     existing = folder
@@ -172,8 +256,12 @@ def require_writable_folder(folder: Path, option: str) -> None:
         existing = existing.parent
     if not existing.is_dir():
         raise UserError(f"{option}: cannot create {folder} because {existing} is a file; choose another location")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"{option}: {existing} is not writable; choose a location you can write to")
+    try:  # os.access is not enough: root passes it for read-only mounts and /proc
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise PermissionError
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError:
+        raise UserError(f"{option}: {existing} is not writable; choose a location you can write to") from None
 
 
 def silence_library_noise() -> None:
@@ -195,3 +283,23 @@ def main(args: list[str] | None = None) -> None:
         sys.exit(1)
     except SIGTERMException:
         sys.exit(128 + signal.SIGTERM)
+    except OSError as error:
+        if error.errno not in (*NO_SPACE, *NOT_WRITABLE):
+            raise
+        print(f"error: {storage_problem(error)}", file=sys.stderr)
+        sys.exit(1)
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def storage_problem(error: OSError) -> str:
+    """One line for a write that failed because the disk is full or a location is not writable; files written
+    before (checkpoints are replaced atomically) are intact."""
+    where = f" ({error.filename})" if error.filename else ""
+    if error.errno in NO_SPACE:
+        return (f"{error.strerror}{where}: the disk is full or a file-size limit was reached; free some space and "
+                "run again (resume a fit with --ckpt_path last: the checkpoints already written are intact)")
+    return (f"{error.strerror}{where}; make the location writable or choose another --trainer.default_root_dir "
+            "(the checkpoints already written are intact)")

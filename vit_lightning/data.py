@@ -52,6 +52,8 @@ def read_idx(path: Path) -> torch.Tensor:
             data = f.read()
     except (OSError, EOFError) as e:
         raise UserError(f"cannot read {path}: {e}; replace it with a good copy") from None
+    if not data:
+        raise UserError(f"{path} is empty; replace it with a good copy")
     if len(data) < 4 or data[:3] != b"\x00\x00\x08" or not 1 <= data[3] <= 4:
         raise UserError(f"{path} is not an IDX file of unsigned bytes (magic {data[:4].hex()}); replace it")
     header = 4 + 4 * data[3]
@@ -63,6 +65,8 @@ def read_idx(path: Path) -> torch.Tensor:
             f"{path} is corrupt: its header says shape {shape} ({math.prod(shape)} bytes) "
             f"but it holds {len(data) - header} bytes; replace it with a good copy"
         )
+    if math.prod(shape) == 0:  # frombuffer refuses an empty buffer
+        return torch.zeros(shape, dtype=torch.uint8)
     return torch.frombuffer(bytearray(data[header:]), dtype=torch.uint8).reshape(shape)
 
 
@@ -95,8 +99,10 @@ def find_idx_files(root: Path, dataset: str) -> dict[str, Path] | None:
     return None
 
 
-def load_split(files: dict[str, Path], split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 images ``[N, H, W]`` and int64 labels ``[N]`` of the ``train`` or ``test`` split."""
+def load_split(files: dict[str, Path], split: str, image_size: int = 28,
+               num_classes: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images ``[N, H, W]`` and int64 labels ``[N]`` of the ``train`` or ``test`` split, checked: at
+    least one image, ``image_size`` square, labels in ``0..num_classes-1``."""
     image_name, label_name = SPLIT_FILES[split]
     images, labels = read_idx(files[image_name]), read_idx(files[label_name])
     if images.dim() != 3 or labels.dim() != 1 or len(images) != len(labels):
@@ -104,6 +110,14 @@ def load_split(files: dict[str, Path], split: str) -> tuple[torch.Tensor, torch.
             f"{files[image_name]} and {files[label_name]} do not match: images {tuple(images.shape)}, "
             f"labels {tuple(labels.shape)}; replace them with a matching pair"
         )
+    if len(images) == 0:
+        raise UserError(f"{files[image_name]} holds no images; replace it with a good copy")
+    if tuple(images.shape[1:]) != (image_size, image_size):
+        raise UserError(f"{files[image_name]} holds {images.shape[1]}x{images.shape[2]} images, not "
+                        f"{image_size}x{image_size}; replace it with a file of this dataset")
+    if int(labels.max()) >= num_classes:
+        raise UserError(f"{files[label_name]} holds label {int(labels.max())}, outside the dataset's {num_classes} "
+                        f"classes (0-{num_classes - 1}); replace it with a good copy")
     return images, labels.long()
 
 
@@ -124,7 +138,7 @@ def load_images(path: Path, size: int, auto_invert: bool = True) -> tuple[torch.
             with Image.open(file) as image:
                 images.append(prepare_image(image, size, auto_invert))
             names.append(str(file.relative_to(path)) if path.is_dir() else file.name)
-        except (UnidentifiedImageError, OSError, ValueError) as e:
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as e:
             failures.append(f"{file}: not a readable image ({type(e).__name__})")
     if not images:
         raise UserError(
@@ -202,8 +216,10 @@ class MNISTDataModule(LightningDataModule):
         super().__init__()
         if dataset not in DATASETS:
             raise UserError(f"unknown --data.dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
-        if batch_size < 1 or eval_batch_size < 1:
-            raise UserError(f"--data.batch_size and --data.eval_batch_size must be positive, got {batch_size}")
+        for name, value, least in (("batch_size", batch_size, 1), ("eval_batch_size", eval_batch_size, 1),
+                                   ("num_workers", num_workers, 0)):
+            if value < least:
+                raise UserError(f"--data.{name} must be at least {least}, got {value}")
         self.save_hyperparameters(logger=False)  # loggers get the whole CLI config (tracking.RunConfig)
         self.info = DATASETS[dataset]
         self.root = Path(root).expanduser()
@@ -254,12 +270,12 @@ class MNISTDataModule(LightningDataModule):
             self.prepare_data()  # raises the one-line error (or downloads when prepare_data was skipped)
             files = find_idx_files(self.root, self.hparams.dataset)
         if stage in ("fit", "validate"):
-            images, labels = load_split(files, "train")
+            images, labels = load_split(files, "train", self.image_size, self.num_classes)
             train_index, val_index = self._split(len(images))
             self.datasets["train"] = InMemoryImages(images[train_index], labels[train_index])
             self.datasets["val"] = InMemoryImages(images[val_index], labels[val_index])
         if stage == "test":
-            self.datasets["test"] = InMemoryImages(*load_split(files, "test"))
+            self.datasets["test"] = InMemoryImages(*load_split(files, "test", self.image_size, self.num_classes))
 
     def _split(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         val_size = self.hparams.val_size
@@ -299,7 +315,14 @@ class MNISTDataModule(LightningDataModule):
         return batch_size // world_size
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self._per_device(self.hparams.batch_size), train=True)
+        per_device = self._per_device(self.hparams.batch_size)
+        n_train = len(self.datasets.get("train", ()))
+        if n_train // self._world()[0] < per_device:  # whole batches only: not one training step
+            raise UserError(
+                f"{n_train} training images (after --data.val_size {self.hparams.val_size}) do not fill one batch of "
+                f"--data.batch_size {self.hparams.batch_size}; lower --data.val_size or --data.batch_size"
+            )
+        return self._loader("train", per_device, train=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self.hparams.eval_batch_size, train=False)

@@ -160,6 +160,13 @@ class VisionTransformer(nn.Module):
         tokenizer: Literal["patch", "conv"] = "patch",
     ):
         super().__init__()
+        counts = dict(image_size=image_size, in_channels=in_channels, patch_size=patch_size, num_classes=num_classes,
+                      dim=dim, depth=depth, heads=heads)
+        for name, value in counts.items():  # before any division by them
+            if value < 1:
+                raise SettingError(f"{name}={value} must be at least 1; choose a positive {name}")
+        if mlp_ratio <= 0:
+            raise SettingError(f"mlp_ratio={mlp_ratio} must be positive; choose e.g. 4.0")
         if image_size % patch_size:
             raise SettingError(f"image_size={image_size} is not divisible by patch_size={patch_size}; "
                                f"choose a patch_size that divides {image_size}")
@@ -171,8 +178,6 @@ class VisionTransformer(nn.Module):
             raise SettingError(f"tokenizer must be 'patch' or 'conv', got {tokenizer!r}")
         if pos_embedding not in ("sincos", "learned"):
             raise SettingError(f"pos_embedding must be 'sincos' or 'learned', got {pos_embedding!r}")
-        if min(image_size, in_channels, patch_size, num_classes, dim, depth, heads) < 1 or mlp_ratio <= 0:
-            raise SettingError("sizes, depth, heads, classes and mlp_ratio must all be positive")
         if not 0.0 <= dropout < 1.0:
             raise SettingError(f"dropout must be in [0, 1), got {dropout}")
         self.image_size = image_size

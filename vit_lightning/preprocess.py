@@ -4,6 +4,7 @@ the exported model folder use it without the training code."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -19,6 +20,15 @@ def has_light_background(image: torch.Tensor) -> bool:
     return frame.float().mean().item() > LIGHT_BACKGROUND
 
 
+def grayscale(image: Image.Image) -> Image.Image:
+    """An 8-bit grayscale (``L``) PIL image; 16-bit images (modes ``I;16*`` and ``I``, e.g. 16-bit PNGs) are
+    scaled from 0..65535 to 0..255, where Pillow's own conversion would clip everything above 255 to white."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        scaled = np.clip(np.asarray(image, dtype=np.float64) / 257.0, 0, 255).round().astype(np.uint8)
+        return Image.fromarray(scaled)
+    return image.convert("L")
+
+
 def prepare_image(image: Image.Image, size: int, auto_invert: bool = True) -> torch.Tensor:
     """A PIL image as the model sees it: uint8 ``[size, size]``, grayscale, bilinear resize.
 
@@ -29,7 +39,7 @@ def prepare_image(image: Image.Image, size: int, auto_invert: bool = True) -> to
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
-    gray = image.convert("L").resize((size, size), Image.Resampling.BILINEAR)
+    gray = grayscale(image).resize((size, size), Image.Resampling.BILINEAR)
     pixels = torch.frombuffer(bytearray(gray.tobytes()), dtype=torch.uint8).reshape(size, size)
     if auto_invert and has_light_background(pixels):
         pixels = 255 - pixels
