@@ -2,8 +2,10 @@
 
 import csv
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -94,3 +96,33 @@ def test_ddp_predict_gathers_every_image_once(ddp_run, tmp_path):
           "--predictions.output", str(output))
     rows = list(csv.DictReader(output.open()))
     assert [row["file"] for row in rows] == [f"img{v:03d}.png" for v in range(0, 250, 50)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_to_the_main_process_stops_every_rank_and_saves_once(tmp_path, signum):
+    """Rank 0 alone is signalled (``kill -INT <main pid>``); rank 1 must stop at the same batch, not hang."""
+    from conftest import write_dataset
+
+    data_root = write_dataset(tmp_path / "data", gz=True)
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")]))}
+    args = [*tiny_args(data_root, run_dir, "--trainer.max_epochs", "4"), *DDP, "--trainer.callbacks+=hooks.Throttle"]
+    process = subprocess.Popen([sys.executable, "train.py", "fit", *args], cwd=REPO, env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    metrics = run_dir / "logs" / "version_0" / "metrics.csv"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        if metrics.is_file() and sum(1 for row in csv.DictReader(metrics.open()) if row.get("train/batch_loss")) >= 7:
+            break
+        time.sleep(0.1)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)  # a hang fails here
+    assert process.returncode == (1 if signum == signal.SIGINT else 143) and "Traceback" not in stderr, stderr[-3000:]
+    [line] = [line for line in stderr.splitlines() if " stopped at epoch " in line]
+    assert "saved" in line and not list((run_dir / "checkpoints").glob("*.tmp"))
+    step = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert f"step {step};" in line
+    train("fit", *tiny_args(data_root, run_dir, "--trainer.max_epochs", "4"), *DDP, "--ckpt_path", "last")
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 20

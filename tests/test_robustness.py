@@ -28,10 +28,10 @@ def run_args(data_root: Path, run_dir: Path, *extra: str) -> list[str]:
                      "--checkpoint.every_n_train_steps", "2", *extra)
 
 
-def start_fit(data_root: Path, run_dir: Path) -> subprocess.Popen:
+def start_fit(data_root: Path, run_dir: Path, *extra: str) -> subprocess.Popen:
     """A slowed-down training process (0.2 s per batch), so the test can signal it mid-epoch."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
-    command = [sys.executable, "train.py", "fit", *run_args(data_root, run_dir),
+    command = [sys.executable, "train.py", "fit", *run_args(data_root, run_dir), *extra,
                "--trainer.callbacks+=hooks.Throttle"]
     return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -129,6 +129,29 @@ def test_a_second_fit_in_a_busy_run_folder_is_refused_until_the_first_is_gone(da
     main(["fit", *run_args(data_root, run_dir), "--ckpt_path", "last"])
     assert_complete_and_continuous(run_dir)
     assert not (run_dir / "fit.lock").exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_between_save_points_resumes_with_every_step_logged_once(data_root, tmp_path):
+    """Only epoch checkpoints: the interruption's own last.ckpt is what the run resumes from."""
+    run_dir = tmp_path / "run"
+    no_step_saves = ["--checkpoint.every_n_train_steps", "0"]
+    process = start_fit(data_root, run_dir, *no_step_saves)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and process.poll() is None:
+        logged = [int(row["step"]) for row in metrics(run_dir) if row.get("train/batch_loss")] if (
+            run_dir / "logs" / "version_0" / "metrics.csv").is_file() else []
+        if logged and logged[-1] >= STEPS_PER_EPOCH + 1:  # mid-epoch 1, away from the epoch-end saves
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1 and "Traceback" not in stderr, stderr[-3000:]
+    step = int(stderr.split("Ctrl-C: stopped at epoch 1, step ")[1].split(";")[0])
+    assert step % STEPS_PER_EPOCH and checkpoint_step(run_dir / "checkpoints" / "last.ckpt") == step
+
+    main(["fit", *run_args(data_root, run_dir, *no_step_saves), "--ckpt_path", "last"])
+    assert_complete_and_continuous(run_dir)
 
 
 def test_nan_loss_stops_with_one_line_and_keeps_the_good_checkpoints(data_root, tmp_path, capsys, monkeypatch):

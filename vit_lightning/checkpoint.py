@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import threading
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +42,9 @@ class Checkpoint(ModelCheckpoint):
       saved at the same step, so an epoch whose monitored metric did not improve would be lost on resume), also
       every ``every_n_train_steps`` before the monitored metric first exists;
     - all files are written atomically (:class:`AtomicCheckpointIO`);
-    - with ``save_on_exception``, Ctrl-C (SIGINT) and SIGTERM save ``last.ckpt`` between two training batches and
-      print one line saying how to resume (SIGINT waits for the running training batch, and any validation after
-      it, to finish; a second one stops at once); other exceptions save nothing, so a failure never overwrites a
-      good checkpoint;
+    - with ``save_on_exception``, Ctrl-C (SIGINT) and SIGTERM save ``last.ckpt`` after the running training or
+      validation batch (every DDP rank stops at the same batch) and print one line saying how to resume (a second
+      Ctrl-C stops at once); other exceptions save nothing, so a failure never overwrites a good checkpoint;
     - training diverged stops with a :class:`~vit_lightning.divergence.DivergenceError` naming the last good
       checkpoint: a NaN or infinite loss before its backward pass, and non-finite weights or optimizer state
       (which a finite loss can produce) before they would be saved, so no checkpoint ever holds them;
@@ -69,20 +69,19 @@ class Checkpoint(ModelCheckpoint):
         super().on_train_start(trainer, pl_module)
         self._interrupt_requested = False
         if self.save_on_exception and threading.current_thread() is threading.main_thread():
-            self._previous_sigint_handler = signal.signal(signal.SIGINT, self._defer_interrupt)
+            self._previous_sigint_handler = signal.signal(signal.SIGINT, partial(self._defer_interrupt, trainer))
 
-    def _defer_interrupt(self, signum: int, frame: Any) -> None:
+    def _defer_interrupt(self, trainer: Trainer, signum: int, frame: Any) -> None:
+        """Ctrl-C takes Lightning's SIGTERM path: the loops stop after the running batch, with the batch fully
+        counted, and under DDP rank 0 broadcasts the stop to every rank before the next batch."""
         self._interrupt_requested = True
+        trainer._signal_connector.received_sigterm = True
         self._restore_sigint_handler()
 
     def _restore_sigint_handler(self) -> None:
         if self._previous_sigint_handler is not None:
             signal.signal(signal.SIGINT, self._previous_sigint_handler)
             self._previous_sigint_handler = None
-
-    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        if self._interrupt_requested:
-            raise KeyboardInterrupt
 
     def on_before_backward(self, trainer: Trainer, pl_module: LightningModule, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss).all():
@@ -120,7 +119,8 @@ class Checkpoint(ModelCheckpoint):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         if not trainer.is_global_zero:
             return
-        cause = "Ctrl-C" if isinstance(exception, KeyboardInterrupt) else "SIGTERM"
+        cause = "Ctrl-C" if isinstance(exception, KeyboardInterrupt) or self._interrupt_requested else "SIGTERM"
+        exception.ctrl_c = cause == "Ctrl-C"  # cli.main: exit status 1 after Ctrl-C, 143 after SIGTERM
         where = f"{cause}: stopped at epoch {trainer.current_epoch}, step {trainer.global_step}"
         if self.last_model_path and os.path.isfile(self.last_model_path):
             print(f"{where}; saved {self.last_model_path}; resume with the same command plus --ckpt_path last",

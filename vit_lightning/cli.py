@@ -273,16 +273,16 @@ def silence_library_noise() -> None:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Run the CLI; a :class:`UserError` becomes one line on stderr and exit status 1, SIGTERM exit status 143
-    (after the checkpoint callback saved ``last.ckpt`` and said so)."""
+    """Run the CLI; a :class:`UserError` becomes one line on stderr and exit status 1, SIGTERM exit status 143 and
+    Ctrl-C 1 (after the checkpoint callback saved ``last.ckpt`` and said so)."""
     silence_library_noise()
     try:
         ViTCLI(args=args)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
-    except SIGTERMException:
-        sys.exit(128 + signal.SIGTERM)
+    except SIGTERMException as error:  # also Ctrl-C during fit (see Checkpoint), marked ctrl_c
+        sys.exit(1 if getattr(error, "ctrl_c", False) else 128 + signal.SIGTERM)
     except OSError as error:
         if error.errno not in (*NO_SPACE, *NOT_WRITABLE):
             raise
