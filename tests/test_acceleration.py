@@ -2,7 +2,7 @@
 
 import torch
 
-from conftest import tiny_args
+from support import tiny_args
 from vit_lightning.cli import ViTCLI, main
 
 

@@ -32,6 +32,7 @@ def test_benchmark_runs_on_a_tiny_configuration(capsys):
     assert flops == pytest.approx(expected / 1e6, rel=0.05)
 
 
+@pytest.mark.slow
 def test_a_missing_preset_is_one_line_naming_the_presets():
     result = subprocess.run([sys.executable, "-m", "vit_lightning.benchmark", "--preset", "fastest"],
                             capture_output=True, text=True, timeout=120)

@@ -4,25 +4,17 @@ import csv
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from PIL import Image
 
-from conftest import tiny_args
+from support import REPO, read_metrics, run_train, tiny_args
 from vit_lightning.cli import ViTCLI, main
 from vit_lightning.module import ViTClassifier
 
-REPO = Path(__file__).resolve().parent.parent
 
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    rows = []
-    for path in sorted((run_dir / "logs").glob("version_*/metrics.csv")):
-        rows += list(csv.DictReader(path.open()))
-    return rows
 
 
 def test_fit_test_predict_through_the_cli(data_root, tmp_path, capsys):
@@ -99,6 +91,7 @@ def test_training_shard_is_reshuffled_every_epoch(data_root, tmp_path):
     assert orders[0] != orders[1] and sorted(orders[0]) == sorted(orders[1])
 
 
+@pytest.mark.slow
 def test_print_config_is_complete_yaml(tmp_path):
     result = subprocess.run([sys.executable, "train.py", "fit", "--print_config"], cwd=REPO,
                             capture_output=True, text=True, timeout=120)
@@ -108,11 +101,8 @@ def test_print_config_is_complete_yaml(tmp_path):
     assert config["checkpoint"]["monitor"] == "val/acc" and config["seed_everything"] == 42
 
 
-def run_train(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "train.py", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
 
-
+@pytest.mark.slow
 def test_missing_data_root_is_one_line_without_traceback(tmp_path):
     result = run_train("fit", "--data.root", str(tmp_path / "nonexistent"), "--trainer.default_root_dir",
                        str(tmp_path / "run"))
@@ -123,6 +113,7 @@ def test_missing_data_root_is_one_line_without_traceback(tmp_path):
     assert not (tmp_path / "nonexistent").exists()  # nothing left behind
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ckpt, message", [("missing.ckpt", "does not exist"), ("junk.ckpt", "not a readable"),
                                            ("last", "no ")])
 def test_bad_ckpt_path_is_one_line(data_root, tmp_path, ckpt, message):

@@ -1,19 +1,15 @@
 """The shipped opt-in configs work through the real CLI."""
 
-import csv
 import logging
 from pathlib import Path
 
 import pytest
 
-from conftest import tiny_args
+from support import read_metrics, tiny_args
 from vit_lightning.cli import main
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    return [row for path in sorted(run_dir.glob("logs/version_*/metrics.csv")) for row in csv.DictReader(path.open())]
 
 
 def test_early_stopping_config_stops_a_run_that_stopped_improving(data_root, tmp_path, capsys):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_dataset
+from support import write_dataset
 from vit_lightning.augment import RandomAffine
 from vit_lightning.data import MNISTDataModule, ShardSampler, find_idx_files, load_images, read_idx, write_idx
 from vit_lightning.errors import UserError

@@ -6,37 +6,27 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import tiny_args
+from support import REPO, TESTS, read_metrics, run_train, tiny_args, write_dataset
 
-REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow  # every test here starts train.py processes
+
 DDP = ["--config", "configs/ddp.yaml", "--trainer.accelerator", "cpu", "--trainer.devices", "2"]
 
 
 def train(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "train.py", *args], cwd=REPO, capture_output=True, text=True,
-                            timeout=300, env=env)
+    result = run_train(*args)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return result
 
-
-def metric_rows(run_dir: Path, name: str) -> list[dict]:
-    rows = []
-    for path in sorted((run_dir / "logs").glob("version_*/metrics.csv")):
-        rows += [row for row in csv.DictReader(path.open()) if row.get(name)]
-    return rows
 
 
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
     """A 2-process fit, then a 2-process test of its last checkpoint."""
-    from conftest import write_dataset
-
     tmp = tmp_path_factory.mktemp("ddp")
     data_root = write_dataset(tmp / "data", gz=True)
     run_dir = tmp / "run"
@@ -52,7 +42,7 @@ def test_ddp_fit_writes_once_from_rank_zero(ddp_run):
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     # 200 training images, global batch 40: 5 steps per epoch on 2 processes, as on 1.
     assert checkpoint["epoch"] == 1 and checkpoint["global_step"] == 10
-    assert len(metric_rows(run_dir, "val/acc")) == 2
+    assert len(read_metrics(run_dir, "val/acc")) == 2
 
 
 def test_ddp_resume_with_ckpt_path_last(ddp_run, tmp_path):
@@ -74,7 +64,7 @@ def test_test_accuracy_is_identical_on_one_and_two_processes(ddp_run, tmp_path):
     for name, extra in (("one", []), ("two", DDP)):
         out = tmp_path / name
         train("test", *tiny_args(data_root, out), *extra, "--ckpt_path", checkpoint, "--data.eval_batch_size", "16")
-        [row] = metric_rows(out, "test/acc")
+        [row] = read_metrics(out, "test/acc")
         results[name] = (float(row["test/acc"]), float(row["test/loss"]))
     assert results["one"][0] == pytest.approx(results["two"][0], abs=1e-6)
     assert results["one"][1] == pytest.approx(results["two"][1], abs=1e-5)
@@ -99,15 +89,19 @@ def test_ddp_predict_gathers_every_image_once(ddp_run, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [
+    pytest.param(signal.SIGINT, marks=pytest.mark.xfail(strict=True, reason=(
+        "issue 12 defect 8, open: Ctrl-C to the main process of a CPU DDP fit stops rank 0 with a traceback "
+        "(gloo: connection closed by peer) instead of one line"))),
+    signal.SIGTERM,
+])
 def test_a_signal_to_the_main_process_stops_every_rank_and_saves_once(tmp_path, signum):
     """Rank 0 alone is signalled (``kill -INT <main pid>``); rank 1 must stop at the same batch, not hang."""
-    from conftest import write_dataset
 
     data_root = write_dataset(tmp_path / "data", gz=True)
     run_dir = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")]))}
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
     args = [*tiny_args(data_root, run_dir, "--trainer.max_epochs", "4"), *DDP, "--trainer.callbacks+=hooks.Throttle"]
     process = subprocess.Popen([sys.executable, "train.py", "fit", *args], cwd=REPO, env=env, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -6,20 +6,18 @@ import shutil
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from conftest import PATCH_CLS, make_split
+from support import PATCH_CLS, REPO, make_split
 from vit_lightning.cli import main as train_cli
 from vit_lightning.demo import DISPLAY_SIZE, Predictor, main
 from vit_lightning.errors import exit_on_user_error
 from vit_lightning.pretrained import load_model_folder
 
-REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium")
 
 

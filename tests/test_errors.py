@@ -10,10 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import tiny_args, write_dataset
+from support import REPO, tiny_args, write_dataset
 from vit_lightning.cli import main
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 def user_error(capsys, *args: str) -> str:
@@ -74,6 +73,7 @@ def test_impossible_model_settings_are_one_line(data_root, tmp_path, capsys, fla
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_impossible_model_settings_in_a_real_process(data_root, tmp_path):
     result = subprocess.run([sys.executable, "train.py", "fit", *tiny_args(data_root, tmp_path / "run"),
                              "--model.patch_size", "5"], cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -130,8 +130,8 @@ def test_unwritable_output_locations_fail_before_anything_runs(trained, tmp_path
 
 @pytest.mark.parametrize("subcommand, flags, trained_with", [
     ("fit", ["--model.dim", "32"], "--model.dim 16, not --model.dim 32"),
-    ("fit", ["--model.optimizer.init_args.lr", "0.1"], "lr 0.001, not --model.optimizer.init_args.lr 0.1"),
-    ("fit", ["--model.lr_schedule", "onecycle"], "--model.lr_schedule warmup_cosine, not --model.lr_schedule onecycle"),
+    ("fit", ["--model.optimizer.init_args.lr", "0.1"], "lr 0.003, not --model.optimizer.init_args.lr 0.1"),
+    ("fit", ["--model.lr_schedule", "warmup_cosine"], "--model.lr_schedule onecycle, not --model.lr_schedule warmup_cosine"),
     ("test", ["--model.depth", "2"], "--model.depth 1, not --model.depth 2"),
 ])
 def test_model_flags_that_contradict_the_checkpoint_are_refused(trained, tmp_path, capsys, subcommand, flags,

@@ -10,14 +10,13 @@ import onnxruntime
 import pytest
 import torch
 
-from conftest import CONV_SEQ, PATCH_CLS
+from support import CONV_SEQ, PATCH_CLS, REPO
 from vit_lightning.data import find_idx_files, load_split
 from vit_lightning.errors import exit_on_user_error
 from vit_lightning.export import main
 from vit_lightning.module import ViTClassifier
 from vit_lightning.pretrained import PretrainedViT
 
-REPO = Path(__file__).resolve().parent.parent
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import PATCH_CLS, make_split
+from support import PATCH_CLS, make_split
 from vit_lightning.cli import main
 from vit_lightning.data import load_images
 from vit_lightning.preprocess import has_light_background, prepare_image

@@ -3,19 +3,17 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import CONV_SEQ, PATCH_CLS
+from support import CONV_SEQ, PATCH_CLS, REPO
 from vit_lightning.cli import load_checkpoint
 from vit_lightning.errors import UserError
 from vit_lightning.model import VisionTransformer
 from vit_lightning.module import ViTClassifier
 from vit_lightning.pretrained import ARCHITECTURE, PretrainedViT, from_checkpoint, load_model_folder, save_model_folder
 
-REPO = Path(__file__).resolve().parent.parent
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 

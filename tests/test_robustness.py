@@ -13,12 +13,12 @@ import pytest
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from conftest import tiny_args
+from support import REPO, TESTS, tiny_args
 from vit_lightning.checkpoint import AtomicCheckpointIO
 from vit_lightning.cli import main, resolve_checkpoint
 
-REPO = Path(__file__).resolve().parent.parent
-TESTS = Path(__file__).resolve().parent
+pytestmark = pytest.mark.slow  # interrupted, killed and resumed runs: mostly train.py processes
+
 STEPS_PER_EPOCH = 5  # 200 training images (240 - 40 for validation) in batches of 40
 MAX_EPOCHS = 4
 
@@ -110,7 +110,6 @@ def test_signal_saves_a_resumable_checkpoint_and_exits_cleanly(data_root, tmp_pa
     assert_complete_and_continuous(run_dir)
 
 
-@pytest.mark.slow
 def test_a_second_fit_in_a_busy_run_folder_is_refused_until_the_first_is_gone(data_root, tmp_path, capsys):
     run_dir = tmp_path / "run"
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -219,7 +218,6 @@ def test_failed_save_leaves_the_previous_last_checkpoint_intact(tmp_path):
     assert restored["global_step"] == 1 and torch.equal(restored["state_dict"]["weight"], torch.ones(10))
 
 
-@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(data_root, tmp_path):
     run_dir = tmp_path / "run"
     main(["fit", *run_args(data_root, run_dir, "--trainer.max_epochs", "1")])
@@ -237,7 +235,6 @@ def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(data_root, tm
     assert last.read_bytes() == before and not list(last.parent.glob("*.tmp"))
 
 
-@pytest.mark.slow
 def test_sigterm_stops_predict_and_keeps_the_previous_predictions(data_root, tmp_path):
     from PIL import Image
 

@@ -6,25 +6,24 @@ import shutil
 import socket
 import struct
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from wandb.proto import wandb_internal_pb2
 
-from conftest import tiny_args, write_dataset
+from support import REPO, run_train, tiny_args, write_dataset
 from vit_lightning.module import ViTClassifier
 
-REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow  # every test here starts train.py processes
+
 WANDB = ["--config", "configs/wandb.yaml", "--trainer.enable_progress_bar", "false"]
 
 
 def train(*args: str, mode: str = "offline", **env: str) -> subprocess.CompletedProcess:
     environment = {key: value for key, value in os.environ.items() if not key.startswith("WANDB_")}
     environment.update(WANDB_MODE=mode, OMP_NUM_THREADS="1", **env)
-    return subprocess.run([sys.executable, "train.py", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=300, env=environment, stdin=subprocess.DEVNULL)
+    return run_train(*args, env=environment)
 
 
 def trained(*args: str, **env: str) -> subprocess.CompletedProcess:
@@ -99,7 +98,7 @@ def test_offline_run_records_config_metrics_pictures_and_checkpoints(wandb_fit):
     data_root, run_dir = wandb_fit
     [run] = offline_runs(run_dir)
     # The complete resolved CLI config, the parameter count and the package versions.
-    assert run.config["model"]["dim"] == 16 and run.config["model"]["optimizer"]["init_args"]["lr"] == 0.001
+    assert run.config["model"]["dim"] == 16 and run.config["model"]["optimizer"]["init_args"]["lr"] == 0.003
     assert run.config["data"]["root"] == str(data_root) and run.config["data"]["dataset"] == "mnist"
     assert run.config["trainer"]["max_epochs"] == 2 and run.config["seed_everything"] == 42
     assert run.config["trainer"]["logger"]["init_args"]["group"] == "ci"
@@ -174,7 +173,6 @@ def test_online_without_credentials_is_a_one_line_error(tmp_path, server):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.slow
 def test_online_without_a_reachable_server_falls_back_to_offline_at_once(tmp_path):
     data_root = write_dataset(tmp_path / "data", gz=True)
     server = "http://127.0.0.1:9"  # nothing listens there: like a machine without network
@@ -187,7 +185,6 @@ def test_online_without_a_reachable_server_falls_back_to_offline_at_once(tmp_pat
     assert len(offline_runs(tmp_path / "run")) == 1
 
 
-@pytest.mark.slow
 def test_an_empty_wandb_mode_means_unset(tmp_path, server):
     data_root = write_dataset(tmp_path / "data", gz=True)
     result = train("fit", *tiny_args(data_root, tmp_path / "run"), *WANDB, mode="", HOME=str(tmp_path),

@@ -20,6 +20,7 @@ import yaml
 from lightning.pytorch import Callback, Trainer
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
+from vit_lightning.cli import silence_library_noise
 from vit_lightning.data import SPLIT_FILES, MNISTDataModule, write_idx
 from vit_lightning.errors import exit_on_user_error
 from vit_lightning.module import ViTClassifier
@@ -151,6 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--peak-size", type=int, default=2048, help="matrix size for the matmul peak")
     args = parser.parse_args(argv)
+    silence_library_noise()
     device = torch.device(args.device)
     model_args = {**preset_model_args(args.preset), "compile": args.compile}
     steps = args.warmup + args.steps

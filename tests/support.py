@@ -1,0 +1,72 @@
+"""What the tests share (``from support import ...``; fixtures are in conftest.py): tiny MNIST-format datasets
+written as real IDX files, tiny-model CLI arguments, ``train.py`` as a subprocess, and the metrics log."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import csv
+import os
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+from vit_lightning.data import SPLIT_FILES, write_idx
+
+REPO = Path(__file__).resolve().parent.parent
+TESTS = REPO / "tests"
+
+
+def make_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Learnable 28x28 images: class k is a bright 7x7 square in cell k of a 4x4 grid, plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n)
+    images = rng.integers(0, 60, (n, 28, 28))
+    for image, label in zip(images, labels):
+        row, col = divmod(int(label), 4)
+        image[row * 7:(row + 1) * 7, col * 7:(col + 1) * 7] += 180
+    return images.astype(np.uint8), labels.astype(np.uint8)
+
+
+def write_dataset(folder: Path, n_train: int = 240, n_test: int = 101, gz: bool = False) -> Path:
+    """The four IDX files of a tiny dataset in ``folder``."""
+    suffix = ".gz" if gz else ""
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n, seed in (("train", n_train, 0), ("test", n_test, 1)):
+        images, labels = make_split(n, seed)
+        image_name, label_name = SPLIT_FILES[split]
+        write_idx(folder / f"{image_name}{suffix}", torch.from_numpy(images))
+        write_idx(folder / f"{label_name}{suffix}", torch.from_numpy(labels))
+    return folder
+
+
+def tiny_args(data_root: Path, run_dir: Path, *extra: str) -> list[str]:
+    """CLI arguments for a seconds-long run of a tiny model on ``data_root``, writing to ``run_dir``."""
+    return [
+        "--data.root", str(data_root), "--data.download", "false", "--data.val_size", "40",
+        "--data.batch_size", "40", "--data.eval_batch_size", "32",
+        "--model.tokenizer", "patch", "--model.pool", "cls",  # the origin's ViT: 16 tokens, the cheapest model
+        "--model.patch_size", "7", "--model.dim", "16", "--model.depth", "1", "--model.heads", "2",
+        "--trainer.accelerator", "cpu", "--trainer.max_epochs", "2", "--trainer.log_every_n_steps", "1", "--trainer.default_root_dir", str(run_dir),
+        *extra,
+    ]
+
+
+PATCH_CLS = ()  # tiny_args' own model: patch tokenizer, class token
+CONV_SEQ = ("--model.tokenizer", "conv", "--model.pool", "seq", "--model.patch_size", "4")
+
+
+def run_train(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python train.py ARGS`` in the repository, as a user runs it: one thread, no standard input."""
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"} if env is None else env
+    return subprocess.run([sys.executable, "train.py", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env=environment, stdin=subprocess.DEVNULL)
+
+
+def read_metrics(run_dir: Path, name: str | None = None) -> list[dict]:
+    """The rows of every ``logs/version_*/metrics.csv`` of a run folder (only those with ``name``, if given)."""
+    rows = [row for path in sorted((run_dir / "logs").glob("version_*/metrics.csv"))
+            for row in csv.DictReader(path.open())]
+    return [row for row in rows if row.get(name)] if name else rows
