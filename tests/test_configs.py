@@ -1,21 +1,18 @@
 """The shipped opt-in configs work through the real CLI."""
 
 import logging
-from pathlib import Path
 
 import pytest
 
 from support import read_metrics, tiny_args
 from vit_lightning.cli import main
-
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-
+from vit_lightning.presets import preset_file
 
 
 def test_early_stopping_config_stops_a_run_that_stopped_improving(data_root, tmp_path, capsys):
     # A learning rate of 1e-9 leaves the weights as they are: val/acc cannot improve after the first epoch,
     # so a patience of 3 stops the run after epoch 4 of 20.
-    main(["fit", *tiny_args(data_root, tmp_path / "run", "--config", str(CONFIGS / "early_stopping.yaml"),
+    main(["fit", *tiny_args(data_root, tmp_path / "run", "--config", str(preset_file("early_stopping")),
                             "--trainer.max_epochs", "20", "--model.lr_schedule", "constant",
                             "--model.optimizer.init_args.lr", "1e-9")])
     out = capsys.readouterr().out
@@ -25,7 +22,7 @@ def test_early_stopping_config_stops_a_run_that_stopped_improving(data_root, tmp
 
 def test_learning_rate_search_sets_the_schedule_peak_and_is_skipped_on_resume(data_root, tmp_path, capsys, caplog):
     run_dir = tmp_path / "run"
-    flags = ["--config", str(CONFIGS / "lr_find.yaml"), "--model.lr_schedule", "warmup_cosine",
+    flags = ["--config", str(preset_file("lr_find")), "--model.lr_schedule", "warmup_cosine",
              "--model.warmup_fraction", "0.3", "--trainer.max_epochs", "3"]
     with caplog.at_level(logging.INFO):
         main(["fit", *tiny_args(data_root, run_dir, *flags)])

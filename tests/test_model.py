@@ -141,3 +141,20 @@ def test_sequence_pooling_equals_naive_weighted_sum():
 def test_no_weight_decay_names_the_class_token_and_learned_positions_only():
     assert tiny_vit(pool="cls", pos_embedding="learned").no_weight_decay() == {"cls_token", "pos_embedding"}
     assert tiny_vit(pool="seq", pos_embedding="sincos").no_weight_decay() == set()  # a buffer is not decayed anyway
+
+
+def test_sequence_pooled_rollout_weights_the_rows_by_the_pooling_weights():
+    torch.manual_seed(0)
+    model = tiny_vit(pool="seq").eval()
+    images = torch.randn(2, 1, 28, 28)
+    maps = model.attention_maps(images).mean(dim=2)
+    eye = torch.eye(maps.shape[-1])
+    rollout = eye.expand_as(maps[0])
+    for attention in maps:
+        attention = 0.5 * attention + 0.5 * eye
+        rollout = (attention / attention.sum(dim=-1, keepdim=True)) @ rollout
+    with torch.no_grad():
+        weights = model.sequence_pool.weights(model.forward_features(images))
+    expected = (weights.unsqueeze(1) @ rollout).squeeze(1)
+    expected = (expected / expected.sum(dim=-1, keepdim=True)).reshape(2, 4, 4)
+    torch.testing.assert_close(model.attention_rollout(images), expected)

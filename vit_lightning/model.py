@@ -237,12 +237,17 @@ class VisionTransformer(nn.Module):
     @torch.no_grad()
     def attention_maps(self, images: torch.Tensor) -> torch.Tensor:
         """Attention weights of every block, ``[depth, B, heads, N, N]`` (eval-mode forward)."""
+        return self._attention_maps_and_features(images)[0]
+
+    @torch.no_grad()
+    def _attention_maps_and_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`attention_maps` and :meth:`forward_features` from one pass through the blocks."""
         maps = []
         x = self.embed(images)
         for block in self.blocks:
             maps.append(block.attn.attention_weights(block.norm1(x)))
             x = block(x)
-        return torch.stack(maps)
+        return torch.stack(maps), self.norm(x)
 
     def attention_rollout(self, images: torch.Tensor) -> torch.Tensor:
         """Attention rollout (Abnar & Zuidema, 2020) to the patch grid: ``[B, grid, grid]``, rows summing to 1.
@@ -250,7 +255,8 @@ class VisionTransformer(nn.Module):
         Uses the class token's attention with ``pool='cls'``, the pooling weights with ``pool='seq'``, the mean
         over tokens with ``pool='mean'``.
         """
-        maps = self.attention_maps(images).mean(dim=2)  # average heads: [depth, B, N, N]
+        maps, features = self._attention_maps_and_features(images)
+        maps = maps.mean(dim=2)  # average heads: [depth, B, N, N]
         eye = torch.eye(maps.shape[-1], device=maps.device)
         rollout = eye.expand_as(maps[0])
         for attention in maps:
@@ -259,7 +265,7 @@ class VisionTransformer(nn.Module):
         if self.pool == "cls":
             relevance = rollout[:, 0, 1:]
         elif self.pool == "seq":
-            weights = self.sequence_pool.weights(self.forward_features(images))  # [B, N]
+            weights = self.sequence_pool.weights(features)  # [B, N]
             relevance = (weights.unsqueeze(1) @ rollout).squeeze(1)
         else:
             relevance = rollout.mean(dim=1)
