@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from support import CONV_SEQ, PATCH_CLS, REPO
-from vit_lightning.cli import load_checkpoint
+from vit_lightning.checkpoint import load_checkpoint
 from vit_lightning.errors import UserError
 from vit_lightning.model import VisionTransformer
 from vit_lightning.module import ViTClassifier

@@ -20,7 +20,7 @@ import yaml
 from lightning.pytorch import Callback, Trainer
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-from vit_lightning.cli import silence_library_noise
+from vit_lightning.library_noise import silence_library_noise
 from vit_lightning.data import SPLIT_FILES, MNISTDataModule, write_idx
 from vit_lightning.errors import exit_on_user_error
 from vit_lightning.module import ViTClassifier

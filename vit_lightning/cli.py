@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import signal
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,9 +19,12 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from vit_lightning.callbacks import PredictionWriter
-from vit_lightning.checkpoint import Checkpoint
+from vit_lightning.checkpoint import (LOG_DIR, Checkpoint, load_checkpoint, logger_version, model_settings,
+                                      require_fitting_state, resolve_checkpoint)
 from vit_lightning.data import MNISTDataModule
+from vit_lightning.divergence import StopOnDivergence
 from vit_lightning.errors import UserError
+from vit_lightning.library_noise import silence_library_noise
 from vit_lightning.metrics_log import ResumableCSVLogger
 from vit_lightning.module import ViTClassifier
 from vit_lightning.pictures import Pictures
@@ -57,6 +58,7 @@ class ViTCLI(LightningCLI):
                 parser_kwargs={subcommand: defaults for subcommand in SUBCOMMANDS},
                 save_config_callback=RunConfig,
                 save_config_kwargs={"overwrite": True},
+                trainer_defaults={"callbacks": [StopOnDivergence()]},  # appended to any configured callbacks
                 auto_configure_optimizers=False,
                 args=args,
                 run=run,
@@ -103,8 +105,7 @@ class ViTCLI(LightningCLI):
         """Take the model settings from the ``--ckpt_path`` checkpoint (as LightningCLI does), after refusing
         ``--model`` settings given on the command line or in a ``--config`` that contradict them (which
         LightningCLI would silently override)."""
-        hparams = {key: value for key, value in ((self.checkpoint or {}).get("hyper_parameters") or {}).items()
-                   if key != "_instantiator"}
+        hparams = model_settings(self.checkpoint or {})
         if not hparams:
             return
         subcommand = self.config.subcommand
@@ -141,7 +142,7 @@ class ViTCLI(LightningCLI):
         """The version (W&B: run id) that ``logger_name`` had in the checkpoint a ``fit`` resumes from."""
         if self.subcommand != "fit" or self.checkpoint is None:
             return None
-        return self.checkpoint.get("logger_versions", {}).get(logger_name)
+        return logger_version(self.checkpoint, logger_name)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         try:
@@ -156,52 +157,7 @@ class ViTCLI(LightningCLI):
             return
         require_fitting_state(self.model, self.checkpoint["state_dict"], self.config[self.subcommand].ckpt_path)
         if self.subcommand == "fit" and isinstance(self.trainer.logger, ResumableCSVLogger):
-            self.trainer.logger.continue_from(self.checkpoint.get("log_dir"), self.checkpoint["global_step"])
-
-
-def resolve_checkpoint(ckpt_path: str | None, checkpoint_dir: Path, fit: bool) -> str | None:
-    """Turn ``best``/``last`` into the file in ``checkpoint_dir`` (the caller loads it with :func:`load_checkpoint`);
-    ``best`` is the file of that name in ``checkpoint_dir``, wherever the run folder was when it was saved.
-
-    A real path lets LightningCLI rebuild the model from the checkpoint's saved hyper-parameters. ``fit`` with
-    ``last`` and no checkpoint yet stays ``last``: Lightning then warns and starts from scratch.
-    """
-    if ckpt_path is None:
-        return None
-    last = checkpoint_dir / "last.ckpt"
-    if ckpt_path == "last":
-        if last.is_file():
-            return str(last)
-        if fit:
-            return ckpt_path
-        raise UserError(f"--ckpt_path last: no {last}; train first or pass --ckpt_path PATH")
-    if ckpt_path == "best":
-        if not last.is_file():
-            raise UserError(f"--ckpt_path best: no checkpoints in {checkpoint_dir}; train first or pass --ckpt_path PATH")
-        states = load_checkpoint(last).get("callbacks", {})
-        best = next((s["best_model_path"] for s in states.values() if isinstance(s, dict) and s.get("best_model_path")), "")
-        # the stored path is absolute: look for its file name here, so a copied or moved run folder uses its own
-        if not best or not (checkpoint_dir / Path(best).name).is_file():
-            raise UserError(f"--ckpt_path best: {last} names no best checkpoint that is still in {checkpoint_dir}; "
-                            "pass --ckpt_path PATH")
-        return str(checkpoint_dir / Path(best).name)
-    return ckpt_path
-
-
-def load_checkpoint(path: Path) -> dict:
-    """Load a Lightning checkpoint on the CPU (memory-mapped: cheap to repeat), or raise a one-line
-    :class:`UserError` saying why it is unusable."""
-    if not path.is_file():
-        raise UserError(f"--ckpt_path {path} does not exist; pass an existing .ckpt file, 'last' or 'best'")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as error:  # noqa: BLE001 - any failure to unpickle means the same thing to the user
-        raise UserError(f"--ckpt_path {path} is not a readable checkpoint ({type(error).__name__}); "
-                        "pass a .ckpt file written by this project") from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise UserError(f"--ckpt_path {path} is not a Lightning checkpoint (no state_dict); "
-                        "pass a .ckpt file written by this project")
-    return checkpoint
+            self.trainer.logger.continue_from(self.checkpoint.get(LOG_DIR), self.checkpoint["global_step"])
 
 
 def contradicted_settings(saved: dict, config: dict, defaults: dict) -> list[tuple[str, object, object]]:
@@ -221,21 +177,6 @@ def _flatten(mapping: dict, prefix: str = "") -> dict[str, object]:
         else:
             flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
     return flat
-
-
-def require_fitting_state(model: torch.nn.Module, state_dict: dict, ckpt_path: str) -> None:
-    """Raise a one-line :class:`UserError` when a checkpoint's weights do not fit ``model`` (another architecture)."""
-    expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
-    found = {name: tuple(tensor.shape) for name, tensor in state_dict.items()}
-    if expected == found:
-        return
-    differences = [f"{name} is {found[name]} in the checkpoint but {shape} in the model"
-                   for name, shape in expected.items() if name in found and found[name] != shape]
-    differences += [f"{name} is missing" for name in expected.keys() - found.keys()]
-    differences += [f"{name} is unexpected" for name in found.keys() - expected.keys()]
-    raise UserError(f"--ckpt_path {ckpt_path} does not fit this model ({len(differences)} differences, e.g. "
-                    f"{sorted(differences)[0]}); pass a checkpoint of this architecture or the --model settings "
-                    "it was trained with")
 
 
 def require_valid_optimizer(optimizer: Callable | None) -> None:
@@ -262,14 +203,6 @@ def require_writable_folder(folder: Path, option: str) -> None:
         tempfile.TemporaryFile(dir=existing).close()
     except OSError:
         raise UserError(f"{option}: {existing} is not writable; choose a location you can write to") from None
-
-
-def silence_library_noise() -> None:
-    """Drop two messages every run would print that say nothing about it: Lightning's advertisement for its
-    LitLogger product, and a deprecation warning raised inside Lightning's own pytree code (not user code)."""
-    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        logging.getLogger(name).addFilter(lambda record: "litlogger" not in record.getMessage())
 
 
 def main(args: list[str] | None = None) -> None:

@@ -87,7 +87,7 @@ def load_model(args: argparse.Namespace) -> tuple[PretrainedViT, str]:
     """The model of ``--model DIR`` or ``--ckpt_path``, and a line naming it."""
     if args.model is not None:
         return load_model_folder(args.model), str(args.model)
-    from vit_lightning.cli import load_checkpoint, resolve_checkpoint  # Lightning: only for checkpoints
+    from vit_lightning.checkpoint import load_checkpoint, resolve_checkpoint  # Lightning: only for checkpoints
     from vit_lightning.pretrained import from_checkpoint
 
     path = Path(resolve_checkpoint(args.ckpt_path, args.run_dir / "checkpoints", fit=False))

@@ -20,7 +20,8 @@ from typing import Callable
 
 import torch
 
-from vit_lightning.cli import load_checkpoint, require_writable_folder, resolve_checkpoint
+from vit_lightning.checkpoint import LOG_DIR, load_checkpoint, resolve_checkpoint
+from vit_lightning.cli import require_writable_folder
 from vit_lightning.data import MNISTDataModule
 from vit_lightning.errors import UserError, exit_on_user_error
 from vit_lightning.module import ViTClassifier
@@ -140,7 +141,7 @@ def run_config(checkpoint: dict, path: Path) -> tuple[str, str]:
     found; without it, the model and data settings the checkpoint holds."""
     import yaml
 
-    log_dir = checkpoint.get("log_dir")
+    log_dir = checkpoint.get(LOG_DIR)
     if log_dir:
         for candidate in (Path(log_dir), path.parent.parent / "logs" / Path(log_dir).name):
             if (candidate / "config.yaml").is_file():
