@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import torch
 
-from vit_lightning.data import SPLIT_FILES, write_idx
+from vit_lightning.idx import SPLIT_FILES, write_idx
 
 REPO = Path(__file__).resolve().parent.parent
 TESTS = REPO / "tests"

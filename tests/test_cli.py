@@ -2,6 +2,7 @@
 
 import csv
 import shutil
+from dataclasses import replace
 import subprocess
 import sys
 
@@ -12,9 +13,22 @@ from PIL import Image
 
 from support import REPO, read_metrics, run_train, tiny_args
 from vit_lightning.cli import ViTCLI, main
+from vit_lightning.datasets import DATASETS
 from vit_lightning.module import ViTClassifier
 
 
+def test_the_model_takes_its_input_and_classes_from_the_dataset(tmp_path, monkeypatch, capsys):
+    five_classes = replace(DATASETS["mnist"], classes=tuple("abcde"), image_size=14)
+    monkeypatch.setitem(DATASETS, "mnist", five_classes)
+    cli = ViTCLI(tiny_args(tmp_path / "data", tmp_path / "run"), run=False)
+    assert (cli.model.hparams.num_classes, cli.model.hparams.image_size, cli.model.hparams.in_channels) == (5, 14, 1)
+    assert cli.model.model.head.out_features == 5
+    with pytest.raises(SystemExit) as exit_info:  # the dataset's facts are not settings
+        main(["fit", *tiny_args(tmp_path / "data", tmp_path / "run"), "--model.num_classes", "3"])
+    assert exit_info.value.code == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: --model.num_classes is the dataset's (--data.dataset), not a setting; drop it "
+                           "(every option: ") and line.endswith(" fit --help)")
 
 
 def test_fit_test_predict_through_the_cli(data_root, tmp_path, capsys):

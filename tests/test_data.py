@@ -1,4 +1,5 @@
 import gzip
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -7,7 +8,10 @@ import torch
 
 from support import write_dataset
 from vit_lightning.augment import RandomAffine
-from vit_lightning.data import MNISTDataModule, ShardSampler, find_idx_files, load_images, read_idx, write_idx
+from vit_lightning.data import MNISTDataModule, shard_sampler
+from vit_lightning.datasets import DATASETS
+from vit_lightning.idx import find_idx_files, read_idx, write_idx
+from vit_lightning.preprocess import load_images
 from vit_lightning.errors import UserError
 
 
@@ -88,12 +92,12 @@ def test_horizontal_flips_by_default_only_for_mirror_symmetric_datasets():
 
 def test_shard_sampler_train_shards_are_disjoint_and_eval_covers_everything_once():
     dataset = list(range(101))
-    train = [list(ShardSampler(dataset, 2, rank, shuffle=True, seed=0)) for rank in (0, 1)]
+    train = [list(shard_sampler(dataset, 2, rank, train=True, seed=0)) for rank in (0, 1)]
     assert len(train[0]) == len(train[1]) == 50 and not set(train[0]) & set(train[1])
-    sampler = ShardSampler(dataset, 2, 0, shuffle=True, seed=0)
+    sampler = shard_sampler(dataset, 2, 0, train=True, seed=0)
     sampler.set_epoch(1)
     assert list(sampler) != train[0]  # reshuffled per epoch
-    evaluation = [list(ShardSampler(dataset, 2, rank, shuffle=False)) for rank in (0, 1)]
+    evaluation = [list(shard_sampler(dataset, 2, rank, train=False)) for rank in (0, 1)]
     assert sorted(evaluation[0] + evaluation[1]) == dataset
 
 
@@ -102,6 +106,17 @@ def test_missing_root_is_one_clear_line(tmp_path):
         datamodule(tmp_path / "nowhere").prepare_data()
     message = str(error.value)
     assert "\n" not in message and "--data.root" in message and "train-images-idx3-ubyte" in message
+
+
+def test_missing_data_names_the_ready_command_for_installed_fashion_mnist(tmp_path, monkeypatch):
+    system = write_dataset(tmp_path / "usr-share-datasets-fashion-mnist", gz=True)  # as Debian's package lays it out
+    monkeypatch.setitem(DATASETS, "fashion_mnist", replace(DATASETS["fashion_mnist"], system_folder=str(system)))
+    with pytest.raises(UserError) as error:
+        datamodule(tmp_path / "nowhere", download=False).prepare_data()
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.endswith(f"; fashion_mnist is installed in {system}: python train.py fit --data.dataset "
+                            f"fashion_mnist --data.root {system}")
 
 
 def test_some_files_missing_are_named(tmp_path):

@@ -165,7 +165,7 @@ def test_a_training_set_smaller_than_one_batch_is_one_line(data_root, tmp_path, 
     ("fit", torch.zeros(0, 28, 28), torch.zeros(0), "train-images-idx3-ubyte holds no images"),
 ])
 def test_idx_data_that_does_not_fit_the_dataset_is_named(tmp_path, capsys, subcommand, images, labels, message):
-    from vit_lightning.data import write_idx
+    from vit_lightning.idx import write_idx
 
     data_root = write_dataset(tmp_path / "data")
     split = "t10k" if subcommand == "test" else "train"

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from support import CONV_SEQ, PATCH_CLS, REPO
-from vit_lightning.data import find_idx_files, load_split
+from vit_lightning.idx import find_idx_files, load_split
 from vit_lightning.errors import exit_on_user_error
 from vit_lightning.export import main
 from vit_lightning.module import ViTClassifier

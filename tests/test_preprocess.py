@@ -8,7 +8,7 @@ from PIL import Image
 
 from support import PATCH_CLS, make_split
 from vit_lightning.cli import main
-from vit_lightning.data import load_images
+from vit_lightning.preprocess import load_images
 from vit_lightning.preprocess import has_light_background, prepare_image
 
 

@@ -21,7 +21,8 @@ from lightning.pytorch import Callback, Trainer
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from vit_lightning.library_noise import silence_library_noise
-from vit_lightning.data import SPLIT_FILES, MNISTDataModule, write_idx
+from vit_lightning.data import MNISTDataModule
+from vit_lightning.idx import SPLIT_FILES, write_idx
 from vit_lightning.errors import exit_on_user_error
 from vit_lightning.module import ViTClassifier
 from vit_lightning.presets import preset_file

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import signal
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import torch
 from jsonargparse import Namespace
@@ -34,6 +35,22 @@ from vit_lightning.tracking import RunConfig, is_wandb_logger, prepare_wandb
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 TRAINING_ONLY = ("optimizer", "lr_schedule", "warmup_fraction", "label_smoothing", "dropout")  # no effect on eval
+DATASET_FACTS = ("num_classes", "image_size", "in_channels")  # the model's, always the data module's
+
+
+class OneLineErrorParser(LightningArgumentParser):
+    """The CLI's parser, whose refusals (an unknown flag, a value of the wrong type, a linked setting) are one line
+    ``error: ...`` with a pointer to ``--help``, instead of jsonargparse's whole usage text before the message."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error:
+            super().error(message, ex)  # raises an ArgumentError for the caller
+        linked = re.match(r'Linked "model\.(\w+)" must be given via', message)
+        if linked:
+            message = f"--model.{linked[1]} is the dataset's (--data.dataset), not a setting; drop it"
+        command = (getattr(ex, "subcommand_parser", None) or self).prog.replace(" [options]", "")
+        print(f"error: {' '.join(message.split())} (every option: {command} --help)", file=sys.stderr)
+        sys.exit(2)
 
 
 class ViTCLI(LightningCLI):
@@ -58,7 +75,8 @@ class ViTCLI(LightningCLI):
                 parser_kwargs={subcommand: defaults for subcommand in SUBCOMMANDS},
                 save_config_callback=RunConfig,
                 save_config_kwargs={"overwrite": True},
-                trainer_defaults={"callbacks": [StopOnDivergence()]},  # appended to any configured callbacks
+                trainer_defaults={"callbacks": [StopOnDivergence()]},
+                parser_class=OneLineErrorParser,  # appended to any configured callbacks
                 auto_configure_optimizers=False,
                 args=args,
                 run=run,
@@ -71,6 +89,8 @@ class ViTCLI(LightningCLI):
         parser.add_lightning_class_args(Checkpoint, "checkpoint")
         parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.add_lightning_class_args(Pictures, "pictures")
+        for fact in DATASET_FACTS:  # not settable: a dataset and a model that disagree cannot be configured
+            parser.link_arguments(f"data.{fact}", f"model.{fact}", apply_on="instantiate")
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         super().parse_arguments(parser, args)
@@ -105,7 +125,8 @@ class ViTCLI(LightningCLI):
         """Take the model settings from the ``--ckpt_path`` checkpoint (as LightningCLI does), after refusing
         ``--model`` settings given on the command line or in a ``--config`` that contradict them (which
         LightningCLI would silently override)."""
-        hparams = model_settings(self.checkpoint or {})
+        hparams = {key: value for key, value in model_settings(self.checkpoint or {}).items()
+                   if key not in DATASET_FACTS}  # linked from the data; a checkpoint of other data does not fit
         if not hparams:
             return
         subcommand = self.config.subcommand

@@ -1,150 +1,23 @@
-"""MNIST-family data: IDX files read into memory as uint8 tensors, normalised and augmented per batch on device."""
+"""The data module: an MNIST-family dataset held in memory as uint8 tensors, sharded between processes, normalised and
+augmented per batch on the device. The file format is in :mod:`vit_lightning.idx`, the dataset facts in
+:mod:`vit_lightning.datasets`, outside images for ``predict`` in :mod:`vit_lightning.preprocess`."""
 
 from __future__ import annotations
 
-import gzip
-import math
 import shutil
-import struct
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from vit_lightning.augment import RandomAffine
+from vit_lightning.datasets import DATASETS
 from vit_lightning.errors import UserError
-from vit_lightning.preprocess import prepare_image
-
-SPLIT_FILES = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm"}
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    folder: str  # torchvision's dataset class, and its folder under the root
-    mean: float
-    std: float
-    classes: tuple[str, ...]
-    mirror_symmetric: bool = False  # a left-right flip keeps the class: horizontal flips are a free augmentation
-
-
-DATASETS = {
-    "mnist": DatasetInfo("MNIST", 0.1307, 0.3081, tuple("0123456789")),
-    "fashion_mnist": DatasetInfo(
-        "FashionMNIST", 0.2860, 0.3530,
-        ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
-        mirror_symmetric=True,
-    ),
-    "kmnist": DatasetInfo("KMNIST", 0.1918, 0.3483, ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo")),
-}
-
-
-def read_idx(path: Path) -> torch.Tensor:
-    """Read an IDX file of unsigned bytes (plain or ``.gz``) into a uint8 tensor of the shape in its header."""
-    try:
-        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
-            data = f.read()
-    except (OSError, EOFError) as e:
-        raise UserError(f"cannot read {path}: {e}; replace it with a good copy") from None
-    if not data:
-        raise UserError(f"{path} is empty; replace it with a good copy")
-    if len(data) < 4 or data[:3] != b"\x00\x00\x08" or not 1 <= data[3] <= 4:
-        raise UserError(f"{path} is not an IDX file of unsigned bytes (magic {data[:4].hex()}); replace it")
-    header = 4 + 4 * data[3]
-    if len(data) < header:
-        raise UserError(f"{path} is truncated inside its header; replace it with a good copy")
-    shape = struct.unpack(f">{data[3]}I", data[4:header])
-    if len(data) - header != math.prod(shape):
-        raise UserError(
-            f"{path} is corrupt: its header says shape {shape} ({math.prod(shape)} bytes) "
-            f"but it holds {len(data) - header} bytes; replace it with a good copy"
-        )
-    if math.prod(shape) == 0:  # frombuffer refuses an empty buffer
-        return torch.zeros(shape, dtype=torch.uint8)
-    return torch.frombuffer(bytearray(data[header:]), dtype=torch.uint8).reshape(shape)
-
-
-def write_idx(path: Path, array: torch.Tensor) -> Path:
-    """Write a uint8 tensor as an IDX file (gzip-compressed when the name ends in ``.gz``); inverse of read_idx."""
-    header = bytes([0, 0, 0x08, array.dim()]) + struct.pack(f">{array.dim()}I", *array.shape)
-    with (gzip.open if path.suffix == ".gz" else open)(path, "wb") as f:
-        f.write(header + array.to(torch.uint8).contiguous().numpy().tobytes())
-    return path
-
-
-def find_idx_files(root: Path, dataset: str) -> dict[str, Path] | None:
-    """The four IDX files, plain or ``.gz``, directly in ``root`` or in torchvision's ``root/<Name>/raw``.
-
-    Returns ``None`` when neither folder holds any of them; raises when a folder holds only some.
-    """
-    wanted = [name for pair in SPLIT_FILES.values() for name in pair]
-    for folder in (root, root / DATASETS[dataset].folder / "raw"):
-        found = {}
-        for name in wanted:
-            candidates = [folder / name, folder / f"{name}.gz"]
-            path = next((p for p in candidates if p.is_file()), None)
-            if path is not None:
-                found[name] = path
-        if len(found) == len(wanted):
-            return found
-        if found:
-            missing = ", ".join(sorted(set(wanted) - set(found)))
-            raise UserError(f"{folder} is missing {missing} (plain or .gz); add them or point --data.root elsewhere")
-    return None
-
-
-def load_split(files: dict[str, Path], split: str, image_size: int = 28,
-               num_classes: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 images ``[N, H, W]`` and int64 labels ``[N]`` of the ``train`` or ``test`` split, checked: at
-    least one image, ``image_size`` square, labels in ``0..num_classes-1``."""
-    image_name, label_name = SPLIT_FILES[split]
-    images, labels = read_idx(files[image_name]), read_idx(files[label_name])
-    if images.dim() != 3 or labels.dim() != 1 or len(images) != len(labels):
-        raise UserError(
-            f"{files[image_name]} and {files[label_name]} do not match: images {tuple(images.shape)}, "
-            f"labels {tuple(labels.shape)}; replace them with a matching pair"
-        )
-    if len(images) == 0:
-        raise UserError(f"{files[image_name]} holds no images; replace it with a good copy")
-    if tuple(images.shape[1:]) != (image_size, image_size):
-        raise UserError(f"{files[image_name]} holds {images.shape[1]}x{images.shape[2]} images, not "
-                        f"{image_size}x{image_size}; replace it with a file of this dataset")
-    if int(labels.max()) >= num_classes:
-        raise UserError(f"{files[label_name]} holds label {int(labels.max())}, outside the dataset's {num_classes} "
-                        f"classes (0-{num_classes - 1}); replace it with a good copy")
-    return images, labels.long()
-
-
-def load_images(path: Path, size: int, auto_invert: bool = True) -> tuple[torch.Tensor, list[str], list[str]]:
-    """Grayscale uint8 images ``[N, size, size]`` from an image file or a folder of them, prepared as in
-    :func:`~vit_lightning.preprocess.prepare_image` (light backgrounds inverted when ``auto_invert``).
-
-    Returns the images, their file names, and one line per file that could not be read.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    if not path.exists():
-        raise UserError(f"--data.predict_path {path} does not exist; give an image file or a folder of images")
-    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else [path]
-    images, names, failures = [], [], []
-    for file in files:
-        try:
-            with Image.open(file) as image:
-                images.append(prepare_image(image, size, auto_invert))
-            names.append(str(file.relative_to(path)) if path.is_dir() else file.name)
-        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as e:
-            failures.append(f"{file}: not a readable image ({type(e).__name__})")
-    if not images:
-        raise UserError(
-            f"no readable images in --data.predict_path {path} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"
-        )
-    return torch.stack(images), names, failures
+from vit_lightning.idx import SPLIT_FILES, find_idx_files, load_split
+from vit_lightning.preprocess import load_images
 
 
 class InMemoryImages(Dataset):
@@ -169,19 +42,26 @@ def _batch_as_is(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor
     return batch
 
 
-class ShardSampler(DistributedSampler):
-    """This process's disjoint shard of a dataset.
+def installed_hint() -> str:
+    """``"; ..."`` naming the ready command for each dataset an operating-system package installed (Debian's
+    Fashion-MNIST), or ``""``."""
+    ready = [f"{name} is installed in {info.system_folder}: python train.py fit --data.dataset {name} "
+             f"--data.root {info.system_folder}" for name, info in DATASETS.items()
+             if info.system_folder and find_idx_files(Path(info.system_folder), name) is not None]
+    return "".join(f"; {line}" for line in ready)
 
-    Training (``shuffle=True``) reshuffles every epoch from ``seed`` and drops the last ``len % world_size``
-    samples so all ranks take the same number of steps. Evaluation keeps every sample exactly once: shards
-    differ in length by at most one and nothing is padded, so metrics synced across ranks are exact.
+
+def shard_sampler(dataset: Dataset, world_size: int, rank: int, train: bool, seed: int = 0) -> DistributedSampler:
+    """This process's disjoint shard of ``dataset``.
+
+    Training reshuffles every epoch from ``seed`` (Lightning calls ``set_epoch``) and drops the last
+    ``len % world_size`` samples, so all ranks take the same number of steps. Evaluation keeps every sample
+    exactly once (Lightning's ``UnrepeatedDistributedSampler``: shards differ in length by at most one, nothing
+    is padded), so metrics synced across ranks are exact.
     """
-
-    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, shuffle: bool, seed: int = 0):
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=shuffle)
-        if not shuffle:
-            self.total_size = len(dataset)
-            self.num_samples = len(range(rank, self.total_size, num_replicas))
+    if train:
+        return DistributedSampler(dataset, world_size, rank, shuffle=True, seed=seed, drop_last=True)
+    return UnrepeatedDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
 
 
 class MNISTDataModule(LightningDataModule):
@@ -225,7 +105,7 @@ class MNISTDataModule(LightningDataModule):
         self.root = Path(root).expanduser()
         self.classes = self.info.classes
         self.num_classes = len(self.classes)
-        self.image_size, self.in_channels = 28, 1
+        self.image_size, self.in_channels = self.info.image_size, self.info.in_channels
         if hflip is None:  # flip clothes, not digits or characters
             hflip = 0.5 if self.info.mirror_symmetric else 0.0
         self.augmentation = RandomAffine(degrees, translate, scale, hflip, seed=seed) if augment else None
@@ -240,7 +120,7 @@ class MNISTDataModule(LightningDataModule):
         expected = ", ".join(name for pair in SPLIT_FILES.values() for name in pair)
         if not self.hparams.download:
             raise UserError(f"no {self.hparams.dataset} data in {location} (expected {expected}, plain or .gz); "
-                            "put the files there or pass --data.root DIR (or --data.download true)")
+                            f"put the files there or pass --data.root DIR (or --data.download true){installed_hint()}")
         import torchvision.datasets
 
         created = not self.root.exists()
@@ -252,7 +132,7 @@ class MNISTDataModule(LightningDataModule):
             reason = str(e).strip().splitlines()[-1][:120] if str(e).strip() else type(e).__name__
             raise UserError(
                 f"no {self.hparams.dataset} data in {location} (expected {expected}, plain or .gz) and the download "
-                f"failed ({reason}); put the files there or pass --data.root DIR"
+                f"failed ({reason}); put the files there or pass --data.root DIR{installed_hint()}"
             ) from None
 
     def setup(self, stage: str) -> None:
@@ -297,7 +177,7 @@ class MNISTDataModule(LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            sampler=ShardSampler(dataset, world_size, rank, shuffle=train, seed=self.hparams.seed),
+            sampler=shard_sampler(dataset, world_size, rank, train, self.hparams.seed),
             drop_last=train,
             num_workers=self.hparams.num_workers,
             persistent_workers=self.hparams.num_workers > 0,

@@ -1,17 +1,22 @@
 """Outside images to model input, the same for ``predict`` and the demo: grayscale, resized, and light strokes on a
-dark background like MNIST (photos and scans of ink on paper are inverted). No Lightning import: the demo and
-the exported model folder use it without the training code."""
+dark background like MNIST (photos and scans of ink on paper are inverted); image files and folders for
+``predict``. No Lightning import: the demo and the exported model folder use it without the training code."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
+
+from vit_lightning.errors import UserError
 
 # An image is "dark strokes on a light background" when its outermost pixels average above mid-grey. On the
 # Fashion-MNIST test set the 1-pixel frame averages at most 95 (of 255), so no test image is inverted, and every
 # inverted test image is inverted back.
 LIGHT_BACKGROUND = 127.5
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm"}
 
 
 def has_light_background(image: torch.Tensor) -> bool:
@@ -44,3 +49,27 @@ def prepare_image(image: Image.Image, size: int, auto_invert: bool = True) -> to
     if auto_invert and has_light_background(pixels):
         pixels = 255 - pixels
     return pixels
+
+
+def load_images(path: Path, size: int, auto_invert: bool = True) -> tuple[torch.Tensor, list[str], list[str]]:
+    """Grayscale uint8 images ``[N, size, size]`` from an image file or a folder of them, prepared as in
+    :func:`prepare_image` (light backgrounds inverted when ``auto_invert``).
+
+    Returns the images, their file names, and one line per file that could not be read.
+    """
+    if not path.exists():
+        raise UserError(f"--data.predict_path {path} does not exist; give an image file or a folder of images")
+    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else [path]
+    images, names, failures = [], [], []
+    for file in files:
+        try:
+            with Image.open(file) as image:
+                images.append(prepare_image(image, size, auto_invert))
+            names.append(str(file.relative_to(path)) if path.is_dir() else file.name)
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as e:
+            failures.append(f"{file}: not a readable image ({type(e).__name__})")
+    if not images:
+        raise UserError(
+            f"no readable images in --data.predict_path {path} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"
+        )
+    return torch.stack(images), names, failures

@@ -13,6 +13,7 @@ import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
+from vit_lightning.datasets import DATASETS
 from vit_lightning.errors import UserError
 from vit_lightning.model import VisionTransformer
 
@@ -59,7 +60,6 @@ class PretrainedViT(
 def from_checkpoint(checkpoint: dict, path: str | Path, dataset: str | None = None) -> PretrainedViT:
     """The model of a training checkpoint (as loaded by :func:`vit_lightning.cli.load_checkpoint`), with the class
     names and normalisation of its dataset (the one it was trained on, or ``dataset``)."""
-    from vit_lightning.data import DATASETS  # imports Lightning, which loading a model folder must not
 
     hyper_parameters = checkpoint.get("hyper_parameters") or {}
     dataset = dataset or (checkpoint.get("datamodule_hyper_parameters") or {}).get("dataset")
