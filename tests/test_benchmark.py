@@ -6,10 +6,10 @@ import sys
 
 import pytest
 
-from vit_lightning.benchmark import main, preset_model_args
+from vit_lightning.benchmark import configured, main
 
 
-def test_benchmark_runs_on_a_tiny_configuration(capsys):
+def test_benchmark_runs_on_a_tiny_configuration(capsys, tmp_path):
     main(["--preset", "quick", "--device", "cpu", "--batch-size", "16", "--steps", "2", "--warmup", "1",
           "--peak-size", "128"])
     out = capsys.readouterr().out
@@ -23,7 +23,7 @@ def test_benchmark_runs_on_a_tiny_configuration(capsys):
     # By hand: the matmuls of the blocks (QKV, projection, MLP, attention's two products) and of the conv
     # tokenizer's two stride-2 convolutions, forward and backward (3x; 2x for the first convolution, whose
     # input needs no gradient).
-    model = preset_model_args("quick")
+    model = configured("quick", tmp_path, batch_size=16, compile=False)[0].hparams  # as train.py fit builds it
     assert model["tokenizer"] == "conv" and model["pool"] == "seq" and model["patch_size"] == 4
     tokens, dim, hidden = (28 // model["patch_size"]) ** 2, model["dim"], int(model["dim"] * model["mlp_ratio"])
     block = 2 * tokens * dim * (3 * dim + dim + 2 * hidden) + 2 * 2 * tokens * tokens * dim

@@ -10,31 +10,32 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import resource
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-import yaml
 from lightning.pytorch import Callback, Trainer
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from vit_lightning.library_noise import silence_library_noise
+from vit_lightning.cli import ViTCLI
 from vit_lightning.data import MNISTDataModule
 from vit_lightning.idx import SPLIT_FILES, write_idx
 from vit_lightning.errors import exit_on_user_error
 from vit_lightning.module import ViTClassifier
 from vit_lightning.presets import preset_file
 
-def preset_model_args(preset: str) -> dict:
-    """The ``model`` settings of ``configs/default.yaml`` overridden by ``configs/<preset>.yaml`` (or by the YAML
-    file ``preset``, when it names one)."""
-    args = yaml.safe_load(preset_file("default").read_text())["model"]
-    if preset != "default":
-        args.update(yaml.safe_load(preset_file(preset).read_text()).get("model", {}))
-    args.pop("optimizer", None)  # both loops use the module's default AdamW at a constant learning rate
-    return {**args, "lr_schedule": "constant"}
+def configured(preset: str, root: Path, batch_size: int, compile: bool) -> tuple[ViTClassifier, MNISTDataModule]:
+    """The preset's LightningModule and data module, built by the training CLI's own parser (``configs/default.yaml``,
+    then the preset, as ``python train.py fit --config PRESET`` does), reading the synthetic IDX files in ``root``."""
+    cli = ViTCLI(["--config", str(preset_file(preset)), "--data.dataset", "mnist", "--data.root", str(root),
+                  "--data.download", "false", "--data.val_size", "1000", "--data.batch_size", str(batch_size),
+                  "--data.eval_batch_size", "1024", "--model.compile", str(compile).lower(),
+                  "--trainer.default_root_dir", str(root), "--seed_everything", "0"], run=False)
+    return cli.model, cli.datamodule
 
 
 def write_synthetic_idx(folder: Path, n_train: int, n_test: int) -> None:
@@ -84,20 +85,14 @@ CPU_ATTENTION_FLOPS = {
 }
 
 
-def plain_model(model_args: dict, device: torch.device, compile: bool) -> torch.nn.Module:
-    """The preset's VisionTransformer, seeded like the Lightning run's, on ``device`` (compiled if asked)."""
-    torch.manual_seed(0)
-    model = ViTClassifier(**model_args).model.to(device)
-    if compile:
-        model.compile()
-    return model
-
-
-def plain_training_rate(model: torch.nn.Module, datamodule: MNISTDataModule, device: torch.device, precision: str,
+def plain_training_rate(module: ViTClassifier, datamodule: MNISTDataModule, device: torch.device, precision: str,
                         warmup: int, steps: int) -> tuple[float, float, tuple[torch.Tensor, torch.Tensor]]:
-    """Training images/s of a plain PyTorch loop (AdamW, the data module's batches and augmentation), the data
-    pipeline's share of the step time, and the last batch."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    """Training images/s of a plain PyTorch loop over ``module``'s model with its optimizer and training loss (no
+    learning-rate schedule), the data module's batches and augmentation; the data pipeline's share of the step
+    time, and the last batch."""
+    module = copy.deepcopy(module).to(device)
+    module.configure_model()  # compiles the model when the preset asks for it
+    model, optimizer = module.model, module.build_optimizer()
 
     def batches():
         while True:
@@ -114,7 +109,7 @@ def plain_training_rate(model: torch.nn.Module, datamodule: MNISTDataModule, dev
         synchronize(device)
         fetched = time.perf_counter()
         with autocast(device, precision):
-            loss = torch.nn.functional.cross_entropy(model(images), targets, label_smoothing=0.1)
+            loss, _ = module.losses(model(images), targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -155,19 +150,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     silence_library_noise()
     device = torch.device(args.device)
-    model_args = {**preset_model_args(args.preset), "compile": args.compile}
     steps = args.warmup + args.steps
     n_train = args.batch_size * steps + 1
 
     with tempfile.TemporaryDirectory() as root:
         write_synthetic_idx(Path(root), n_train + 1000, 1000)
-        datamodule = MNISTDataModule(root=root, download=False, val_size=1000, batch_size=args.batch_size,
-                                     eval_batch_size=1024)
+        module, datamodule = configured(args.preset, Path(root), args.batch_size, args.compile)
         datamodule.setup("fit")
+        untrained = copy.deepcopy(module)  # the plain loops start from the same weights
 
         # Lightning: the real Trainer and LightningModule, one epoch of `steps` steps, no validation.
-        torch.manual_seed(0)
-        module = ViTClassifier(**model_args)
         timer = StepTimer(args.warmup, device)
         trainer = Trainer(accelerator=device.type, devices=1, precision=args.precision, max_steps=steps,
                           limit_val_batches=0, logger=False, enable_checkpointing=False,
@@ -175,17 +167,17 @@ def main(argv: list[str] | None = None) -> None:
         trainer.fit(module, datamodule=datamodule)
         lightning_rate = args.steps * args.batch_size / (timer.end - timer.start)
 
-        # Plain PyTorch: the same model class, batches, augmentation and optimizer.
-        model = plain_model(model_args, device, args.compile)
+        # Plain PyTorch: the same model, batches, augmentation, optimizer and loss.
         plain_rate, data_share, (images, targets) = plain_training_rate(
-            model, datamodule, device, args.precision, args.warmup, args.steps)
+            untrained, datamodule, device, args.precision, args.warmup, args.steps)
 
         # The other precision (fp32 <-> bf16-mixed), same loop: which one this device trains the preset faster in.
         other = "bf16-mixed" if args.precision == "32-true" else "32-true"
-        other_rate, _, _ = plain_training_rate(plain_model(model_args, device, args.compile), datamodule, device,
-                                               other, min(args.warmup, 3), min(args.steps, 10))
+        other_rate, _, _ = plain_training_rate(untrained, datamodule, device, other, min(args.warmup, 3),
+                                               min(args.steps, 10))
 
-        # FLOPs of one training step (forward + backward) per image.
+        # FLOPs of one training step (forward + backward) per image; inference: the trained model.
+        model = module.model.to(device)
         with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter, autocast(device, args.precision):
             torch.nn.functional.cross_entropy(model(images), targets).backward()
         flops_per_image = counter.get_total_flops() / args.batch_size
@@ -211,7 +203,8 @@ def main(argv: list[str] | None = None) -> None:
         memory = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB (process peak RSS)"
     parameters = sum(p.numel() for p in model.parameters())
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"preset {args.preset}: {parameters / 1e6:.2f}M parameters, {model_args}")
+    settings = {key: value for key, value in module.hparams.items() if key != "_instantiator"}
+    print(f"preset {args.preset}: {parameters / 1e6:.2f}M parameters, {settings}")
     print(f"device {name}, precision {args.precision}, batch {args.batch_size}, {args.steps} timed steps"
           f" after {args.warmup} warm-up{', compiled' if args.compile else ''}")
     print(f"training images/s, Lightning Trainer : {lightning_rate:10.0f}")

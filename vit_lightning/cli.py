@@ -72,7 +72,7 @@ class ViTCLI(LightningCLI):
                 ViTClassifier,
                 MNISTDataModule,
                 seed_everything_default=42,
-                parser_kwargs={subcommand: defaults for subcommand in SUBCOMMANDS},
+                parser_kwargs={subcommand: defaults for subcommand in SUBCOMMANDS} if run else defaults,
                 save_config_callback=RunConfig,
                 save_config_kwargs={"overwrite": True},
                 trainer_defaults={"callbacks": [StopOnDivergence()]},

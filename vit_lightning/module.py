@@ -123,13 +123,18 @@ class ViTClassifier(LightningModule):
         probabilities = torch.softmax(self(images).float(), dim=-1)
         return {"index": indices, "prediction": probabilities.argmax(dim=-1), "probabilities": probabilities}
 
-    def configure_optimizers(self):
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """The configured optimizer over the model's parameters, weight decay only on weight matrices the model
+        does not exempt (``no_weight_decay()``)."""
         decay, no_decay = [], []
         skip = self.model.no_weight_decay()
         for name, parameter in self.model.named_parameters():
             (decay if parameter.ndim >= 2 and name not in skip else no_decay).append(parameter)
         groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
-        optimizer = self.optimizer(groups) if self.optimizer else torch.optim.AdamW(groups, lr=1e-3, weight_decay=0.05)
+        return self.optimizer(groups) if self.optimizer else torch.optim.AdamW(groups, lr=1e-3, weight_decay=0.05)
+
+    def configure_optimizers(self):
+        optimizer = self.build_optimizer()
         schedule = self.hparams.lr_schedule
         if schedule == "constant":
             return optimizer
