@@ -1,5 +1,6 @@
 """Precision presets and torch.compile through the real CLI on CPU."""
 
+import pytest
 import torch
 
 from support import tiny_args
@@ -14,6 +15,7 @@ def test_bf16_mixed_precision_trains_and_saves_fp32_weights(data_root, tmp_path)
     assert all(torch.isfinite(tensor).all() for tensor in state.values())
 
 
+@pytest.mark.slow  # several seconds of training
 def test_compiled_model_loads_plain_checkpoints_and_gives_the_same_accuracy(data_root, tmp_path):
     run_dir = tmp_path / "run"
     main(["fit", *tiny_args(data_root, run_dir), "--trainer.max_epochs", "1"])

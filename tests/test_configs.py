@@ -20,6 +20,7 @@ def test_early_stopping_config_stops_a_run_that_stopped_improving(data_root, tmp
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
 
 
+@pytest.mark.slow  # several seconds of training
 def test_learning_rate_search_sets_the_schedule_peak_and_is_skipped_on_resume(data_root, tmp_path, capsys, caplog):
     run_dir = tmp_path / "run"
     flags = ["--config", str(preset_file("lr_find")), "--model.lr_schedule", "warmup_cosine",

@@ -104,6 +104,7 @@ def test_a_model_the_exporter_cannot_handle_is_one_line(exported, tmp_path, caps
                             "pos_embedding=sincos): ")
 
 
+@pytest.mark.slow  # a python process
 def test_a_real_process_prints_one_line_and_no_traceback(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "vit_lightning.export", "--ckpt_path", "last", "--output", str(tmp_path / "out"),

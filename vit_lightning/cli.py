@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import signal
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, NoReturn
 
@@ -27,6 +25,7 @@ from vit_lightning.divergence import StopOnDivergence
 from vit_lightning.errors import UserError
 from vit_lightning.library_noise import silence_library_noise
 from vit_lightning.metrics_log import ResumableCSVLogger
+from vit_lightning.outputs import NO_SPACE, NOT_WRITABLE, require_writable_folder, storage_problem
 from vit_lightning.module import ViTClassifier
 from vit_lightning.pictures import Pictures
 from vit_lightning.presets import preset_file
@@ -75,8 +74,8 @@ class ViTCLI(LightningCLI):
                 parser_kwargs={subcommand: defaults for subcommand in SUBCOMMANDS} if run else defaults,
                 save_config_callback=RunConfig,
                 save_config_kwargs={"overwrite": True},
-                trainer_defaults={"callbacks": [StopOnDivergence()]},
-                parser_class=OneLineErrorParser,  # appended to any configured callbacks
+                trainer_defaults={"callbacks": [StopOnDivergence()]},  # appended to any configured callbacks
+                parser_class=OneLineErrorParser,
                 auto_configure_optimizers=False,
                 args=args,
                 run=run,
@@ -211,21 +210,6 @@ def require_valid_optimizer(optimizer: Callable | None) -> None:
         raise UserError(f"--model.optimizer: {error}; fix its init_args (e.g. --model.optimizer.init_args.lr)") from None
 
 
-def require_writable_folder(folder: Path, option: str) -> None:
-    """Raise a one-line :class:`UserError` unless ``folder`` exists or can be created, and can be written."""
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UserError(f"{option}: cannot create {folder} because {existing} is a file; choose another location")
-    try:  # os.access is not enough: root passes it for read-only mounts and /proc
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise PermissionError
-        tempfile.TemporaryFile(dir=existing).close()
-    except OSError:
-        raise UserError(f"{option}: {existing} is not writable; choose a location you can write to") from None
-
-
 def main(args: list[str] | None = None) -> None:
     """Run the CLI; a :class:`UserError` becomes one line on stderr and exit status 1, SIGTERM exit status 143 and
     Ctrl-C 1 (after the checkpoint callback saved ``last.ckpt`` and said so)."""
@@ -242,18 +226,3 @@ def main(args: list[str] | None = None) -> None:
             raise
         print(f"error: {storage_problem(error)}", file=sys.stderr)
         sys.exit(1)
-
-
-NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
-
-
-def storage_problem(error: OSError) -> str:
-    """One line for a write that failed because the disk is full or a location is not writable; files written
-    before (checkpoints are replaced atomically) are intact."""
-    where = f" ({error.filename})" if error.filename else ""
-    if error.errno in NO_SPACE:
-        return (f"{error.strerror}{where}: the disk is full or a file-size limit was reached; free some space and "
-                "run again (resume a fit with --ckpt_path last: the checkpoints already written are intact)")
-    return (f"{error.strerror}{where}; make the location writable or choose another --trainer.default_root_dir "
-            "(the checkpoints already written are intact)")

@@ -21,10 +21,10 @@ from typing import Callable
 import torch
 
 from vit_lightning.checkpoint import LOG_DIR, load_checkpoint, resolve_checkpoint
-from vit_lightning.cli import require_writable_folder
 from vit_lightning.data import MNISTDataModule
 from vit_lightning.errors import UserError, exit_on_user_error
 from vit_lightning.module import ViTClassifier
+from vit_lightning.outputs import require_writable_folder
 from vit_lightning.pretrained import PretrainedViT, from_checkpoint, model_card, save_model_folder
 
 TOLERANCE = 1e-4  # largest accepted |logit difference| between an exported program and the Lightning model (fp32)

@@ -1,4 +1,8 @@
-"""A Vision Transformer in plain PyTorch (no Lightning): tokenizers, attention, blocks, pooling, head."""
+"""A Vision Transformer in plain PyTorch (no Lightning): tokenizers, attention, blocks, pooling, head.
+
+One file on purpose (about 280 lines): the whole architecture reads top to bottom, from pixels to logits, and
+each part is used only here (export, the model folder and the demo import ``VisionTransformer`` alone).
+"""
 
 from __future__ import annotations
 
