@@ -2,9 +2,8 @@
 how ``best`` and ``last`` are found, how a checkpoint is loaded and checked against a model, and the callback that
 writes them (``last.ckpt`` at every save point and on interruption).
 
-Lightning's ``TorchCheckpointIO`` already writes each file atomically (a temporary file renamed into place, removed
-when the write fails), so a crash or a full disk never leaves half a checkpoint where a good one was
-(tests/test_robustness.py checks it).
+Every checkpoint is written atomically (:class:`AtomicCheckpointIO`), so a crash or a full disk never leaves half a
+checkpoint where a good one was.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -104,12 +104,34 @@ def require_fitting_state(model: torch.nn.Module, state_dict: dict, ckpt_path: s
                     "it was trained with")
 
 
+class AtomicCheckpointIO(_WrappingCheckpointIO):
+    """Write each checkpoint to ``NAME.tmp`` beside it and rename it into place; a failed write removes the
+    ``.tmp``.
+
+    What it adds to Lightning 2.6's ``TorchCheckpointIO``: that one writes through an fsspec transaction whose
+    temporary file is in the system's temp folder, then ``shutil.move``s it; when that folder is on another
+    filesystem than the checkpoints (``/tmp`` on tmpfs, checkpoints on a mounted or network drive), the move is a
+    copy into the existing file, so a crash or a full disk mid-copy truncates the last good checkpoint.
+    tests/test_robustness.py shows both behaviours.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        temporary = f"{path}.tmp"
+        try:
+            self.checkpoint_io.save_checkpoint(checkpoint, temporary, storage_options)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)  # half a checkpoint: free its space
+            raise
+        os.replace(temporary, path)
+
+
 class Checkpoint(ModelCheckpoint):
     """``ModelCheckpoint`` that a resumed run can rely on.
 
     - ``last.ckpt`` is refreshed at every save point (Lightning 2.6 rewrites it only when a top-k checkpoint is
       saved at the same step, so an epoch whose monitored metric did not improve would be lost on resume), also
       every ``every_n_train_steps`` before the monitored metric first exists;
+    - all files are written atomically (:class:`AtomicCheckpointIO`);
     - with ``save_on_exception``, Ctrl-C (SIGINT) and SIGTERM save ``last.ckpt`` after the running training or
       validation batch (every DDP rank stops at the same batch) and print one line saying how to resume (a second
       Ctrl-C stops at once); other exceptions save nothing, so a failure never overwrites a good checkpoint;
@@ -123,6 +145,11 @@ class Checkpoint(ModelCheckpoint):
     INTERRUPTIONS = (KeyboardInterrupt, SIGTERMException)
     _interrupt_requested = False
     _previous_sigint_handler: Any = None
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if not isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO):
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO(trainer.strategy.checkpoint_io)
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         checkpoint[LOG_DIR] = trainer.log_dir
