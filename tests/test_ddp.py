@@ -18,33 +18,43 @@ DDP = ["--config", "configs/ddp.yaml", "--trainer.accelerator", "cpu", "--traine
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1",  # and hooks.py importable: --trainer.callbacks+=hooks.NAME
        "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
+THROTTLE = 0.3  # seconds before each training batch of the module's fit
 
 
 def train(*args: str) -> subprocess.CompletedProcess:
-    result = run_train(*args)
+    result = run_train(*args, env=ENV)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return result
 
 
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
-    """A 2-process fit."""
+    """A 2-process fit, slowed down to a known least time per batch."""
     tmp = tmp_path_factory.mktemp("ddp")
     data_root = write_dataset(tmp / "data", gz=True)
     run_dir = tmp / "run"
-    fit = train("fit", *tiny_args(data_root, run_dir), *DDP)
+    fit = train("fit", *tiny_args(data_root, run_dir), *DDP, "--trainer.callbacks+=hooks.Throttle",
+                f"--trainer.callbacks.seconds={THROTTLE}")
     return data_root, run_dir, fit
 
 
 def test_ddp_fit_writes_once_from_rank_zero(ddp_run):
     _, run_dir, fit = ddp_run
     assert fit.stdout.count("Epoch 2/2, Train Loss:") == 1  # the summary line comes from rank 0 only
+    assert "sync_dist" not in fit.stderr  # every epoch-level metric is reduced over the processes
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir())[-1] == "last.ckpt"
     assert len(list((run_dir / "logs").iterdir())) == 1  # one log folder, not one per rank
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     # 200 training images, global batch 40: 5 steps per epoch on 2 processes, as on 1.
     assert checkpoint["epoch"] == 1 and checkpoint["global_step"] == 10
     assert len(read_metrics(run_dir, "val/acc")) == 2
+
+
+def test_ddp_images_per_sec_counts_the_images_of_both_processes_once(ddp_run):
+    _, run_dir, _ = ddp_run
+    most = 200 / (5 * THROTTLE)  # an epoch's 200 images take 5 batches of at least THROTTLE seconds each
+    for row in read_metrics(run_dir, "train/images_per_sec"):
+        assert most / 2 < float(row["train/images_per_sec"]) <= most  # one process's images only: at most half
 
 
 def test_ddp_resume_with_ckpt_path_last(ddp_run, tmp_path):
