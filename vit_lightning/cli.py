@@ -41,8 +41,9 @@ class ViTCLI(LightningCLI):
 
     Everything a run writes lives under ``--trainer.default_root_dir``: checkpoints in its fixed
     ``checkpoints/`` folder (so ``--ckpt_path last`` finds the previous run) and, unless another logger is
-    configured, CSV logs in ``logs/version_N/``, which ``fit --ckpt_path`` continues. Output locations are
-    checked before anything runs, and a checkpoint must fit the model it is loaded into.
+    configured, CSV logs: a fit's in ``logs/version_N/``, which ``fit --ckpt_path`` continues, one row per
+    ``validate`` or ``test`` in ``logs/validate/`` or ``logs/test/`` (``predict`` logs nothing). Output locations
+    are checked before anything runs, and a checkpoint must fit the model it is loaded into.
     """
 
     checkpoint: dict | None = None  # the --ckpt_path checkpoint, loaded (memory-mapped) once while parsing
@@ -89,7 +90,7 @@ class ViTCLI(LightningCLI):
                 if rank_zero_only.rank == 0 and os.environ.get("NODE_RANK", "0") == "0":  # not DDP's other ranks
                     self.lock = RunLock(root)
                     self.lock.acquire()
-            if config.trainer.logger in (None, True):  # the default CSV log
+            if config.trainer.logger in (None, True) and self.config.subcommand != "predict":  # the default CSV log
                 require_writable_folder(root / "logs", "--trainer.default_root_dir")
             if self.config.subcommand == "predict" and config.predictions.output:
                 output = Path(config.predictions.output)
@@ -126,10 +127,11 @@ class ViTCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         root = Path(config.trainer.default_root_dir or ".")
-        if config.trainer.logger in (None, True):
-            config.trainer.logger = Namespace(
+        if config.trainer.logger in (None, True):  # the default CSV log (see the class docstring)
+            version = None if self.subcommand == "fit" else self.subcommand
+            config.trainer.logger = False if self.subcommand == "predict" else Namespace(
                 class_path=f"{ResumableCSVLogger.__module__}.{ResumableCSVLogger.__name__}",
-                init_args=Namespace(save_dir=str(root), name="logs"),
+                init_args=Namespace(save_dir=str(root), name="logs", version=version),
             )
         loggers = config.trainer.logger if isinstance(config.trainer.logger, list) else [config.trainer.logger]
         for logger in filter(is_wandb_logger, loggers):
@@ -153,6 +155,9 @@ class ViTCLI(LightningCLI):
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
         require_valid_optimizer(self.model.optimizer)
+        if self.subcommand in ("validate", "test") and isinstance(self.trainer.logger, ResumableCSVLogger):
+            checkpoint = self.checkpoint or {}
+            self.trainer.logger.add_evaluation(checkpoint.get("epoch", 0), checkpoint.get("global_step", 0))
         if self.checkpoint is None:
             return
         require_fitting_state(self.model, self.checkpoint["state_dict"], self.config[self.subcommand].ckpt_path)
