@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import yaml
 from jsonargparse import Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
@@ -74,6 +75,7 @@ class ViTCLI(LightningCLI):
         parser.add_lightning_class_args(Pictures, "pictures")
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        require_settings_in_config_files(sys.argv[1:] if args is None else args)
         super().parse_arguments(parser, args)
         if self.config.get("subcommand"):
             config = self.config[self.config.subcommand]
@@ -193,6 +195,23 @@ def require_valid_optimizer(optimizer: Callable | None) -> None:
         optimizer([torch.nn.Parameter(torch.zeros(1))])
     except (ValueError, TypeError) as error:
         raise UserError(f"--model.optimizer: {error}; fix its init_args (e.g. --model.optimizer.init_args.lr)") from None
+
+
+def require_settings_in_config_files(args: Any) -> None:
+    """Raise a one-line :class:`UserError` for a ``--config`` file that holds no settings (empty, only comments, or
+    YAML that is not a mapping), which jsonargparse reports as ``Unexpected config:`` after its usage text."""
+    if not isinstance(args, (list, tuple)):
+        return
+    paths = [value for flag, value in zip(args, args[1:]) if flag == "--config"]
+    paths += [arg.split("=", 1)[1] for arg in args if arg.startswith("--config=")]
+    for path in filter(os.path.isfile, paths):
+        try:
+            settings = yaml.safe_load(Path(path).read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue  # jsonargparse says what is wrong with it
+        if not isinstance(settings, dict):
+            problem = "is empty" if settings is None else "holds no settings"
+            raise UserError(f"--config {path} {problem}; give YAML `option: value` lines, as in configs/quick.yaml")
 
 
 def require_writable_folder(folder: Path, option: str) -> None:
