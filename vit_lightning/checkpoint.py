@@ -162,9 +162,7 @@ class Checkpoint(ModelCheckpoint):
         if not self._armed:
             return
         if not self._stop_signal:
-            signum = torch.tensor(self._signal, device=trainer.strategy.root_device)
-            self._stop_signal = int(trainer.strategy.reduce(signum, reduce_op="max")) if trainer.world_size > 1 \
-                else self._signal
+            self._stop_signal = int(_reduce(trainer, [self._signal], "max")[0])
         trainer._signal_connector.received_sigterm = bool(self._stop_signal)
 
     def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
@@ -182,9 +180,7 @@ class Checkpoint(ModelCheckpoint):
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._armed:
-            counts = torch.tensor(trainer.num_val_batches, dtype=torch.float64, device=trainer.strategy.root_device)
-            counts = trainer.strategy.reduce(counts, reduce_op="min") if trainer.world_size > 1 else counts
-            self._common_val_batches = counts.tolist()
+            self._common_val_batches = _reduce(trainer, trainer.num_val_batches, "min")
 
     def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int,
                                 dataloader_idx: int = 0) -> None:
@@ -259,6 +255,15 @@ class Checkpoint(ModelCheckpoint):
         super().on_train_epoch_end(trainer, pl_module)
         if self._should_save_on_train_epoch_end(trainer):
             self._save_last_if_skipped(trainer)
+
+
+def _reduce(trainer: Trainer, values: list[float], op: str) -> list[float]:
+    """``values`` reduced over the processes with ``op`` (``max``, ``min``); on one process, as they are (no
+    device tensor: that would synchronise a GPU at every batch)."""
+    if trainer.world_size == 1:
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.float64, device=trainer.strategy.root_device)
+    return trainer.strategy.reduce(tensor, reduce_op=op).tolist()
 
 
 def _validate_again_on_resume(progress: Any) -> None:
