@@ -1,5 +1,7 @@
 """Callbacks that tests add to real runs (``--trainer.callbacks+=hooks.NAME``; tests/ is on PYTHONPATH)."""
 
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -15,6 +17,38 @@ class Throttle(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         time.sleep(self.seconds)
+
+
+class Interrupt(Callback):
+    """Signal this process (``group``: its whole process group, as Ctrl-C in a terminal does) from rank 0 as batch
+    ``batch`` of ``at`` (train, validation or sanity_check) starts, in epoch ``epoch`` (any if None): an
+    interruption at a known point."""
+
+    def __init__(self, batch: int, at: str = "train", epoch: int | None = None, signum: int = int(signal.SIGINT),
+                 group: bool = False):
+        self.batch, self.at, self.epoch, self.signum, self.group = batch, at, epoch, signum, group
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._signal(trainer, "train", batch_idx)
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._signal(trainer, "sanity_check" if trainer.sanity_checking else "validation", batch_idx)
+
+    def _signal(self, trainer, at: str, batch_idx: int) -> None:
+        if (at, batch_idx) == (self.at, self.batch) and self.epoch in (None, trainer.current_epoch) \
+                and trainer.is_global_zero:
+            if self.group:
+                os.killpg(os.getpgrp(), self.signum)
+            else:
+                signal.raise_signal(self.signum)
+
+
+class Trace(Callback):
+    """Print ``validation batch E.I`` as batch I of epoch E's validation starts (not in the sanity check)."""
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        if not trainer.sanity_checking:
+            print(f"validation batch {trainer.current_epoch}.{batch_idx}")
 
 
 class Diverge(Callback):

@@ -66,7 +66,8 @@ def run_train(*args: str, env: dict[str, str] | None = None, timeout: float = 30
 
 
 def read_metrics(run_dir: Path, name: str | None = None) -> list[dict]:
-    """The rows of every ``logs/version_*/metrics.csv`` of a run folder (only those with ``name``, if given)."""
-    rows = [row for path in sorted((run_dir / "logs").glob("version_*/metrics.csv"))
+    """The rows of every ``logs/*/metrics.csv`` of a run folder (fits' ``version_N``, ``validate``, ``test``; only
+    those with ``name``, if given)."""
+    rows = [row for path in sorted((run_dir / "logs").glob("*/metrics.csv"))
             for row in csv.DictReader(path.open())]
     return [row for row in rows if row.get(name)] if name else rows

@@ -62,10 +62,15 @@ def test_fit_test_predict_through_the_cli(data_root, tmp_path, capsys):
     model = ViTClassifier.load_from_checkpoint(checkpoints / "last.ckpt", map_location="cpu")
     assert model.hparams.dim == 16 and model.model.patch_size == 7
 
-    main(["test", *tiny_args(data_root, run_dir), "--ckpt_path", "best"])
-    test_rows = [row for row in read_metrics(run_dir) if row.get("test/acc")]
-    assert len(test_rows) == 1 and 0.0 <= float(test_rows[0]["test/acc"]) <= 1.0
-    assert len(list(run_dir.glob("logs/version_*/pictures/test_confusion_matrix_epoch*.png"))) == 1
+    # Each test adds a row to logs/test/metrics.csv, with the epoch and step of the checkpoint it evaluated.
+    for ckpt in ("best", "last"):
+        main(["test", *tiny_args(data_root, run_dir), "--ckpt_path", ckpt])
+    tested = [torch.load(path, weights_only=True) for path in (best[0], checkpoints / "last.ckpt")]
+    test_rows = read_metrics(run_dir, "test/acc")
+    assert [(int(row["epoch"]), int(row["step"])) for row in test_rows] == [
+        (checkpoint["epoch"], checkpoint["global_step"]) for checkpoint in tested]
+    assert all(0.0 <= float(row["test/acc"]) <= 1.0 for row in test_rows)
+    assert len(list(run_dir.glob("logs/test/pictures/test_confusion_matrix_epoch*.png"))) == 1
 
     images = tmp_path / "images"
     images.mkdir()
@@ -80,6 +85,9 @@ def test_fit_test_predict_through_the_cli(data_root, tmp_path, capsys):
     rows = list(csv.DictReader(output.open()))
     assert [row["file"] for row in rows] == ["gray0.png", "gray128.png", "gray255.png"]
     assert all(0.0 < float(row["confidence"]) <= 1.0 and row["class"] in "0123456789" for row in rows)
+    # Evaluations add no log folders; predict logs nothing.
+    assert sorted(path.name for path in run_dir.iterdir()) == ["checkpoints", "logs"]
+    assert sorted(path.name for path in (run_dir / "logs").iterdir()) == ["test", "version_0"]
 
 
 @pytest.mark.slow  # several seconds of training

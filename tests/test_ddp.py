@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -17,32 +16,45 @@ pytestmark = pytest.mark.slow  # every test here starts train.py processes
 DDP = ["--config", "configs/ddp.yaml", "--trainer.accelerator", "cpu", "--trainer.devices", "2"]
 
 
+ENV = {**os.environ, "OMP_NUM_THREADS": "1",  # and hooks.py importable: --trainer.callbacks+=hooks.NAME
+       "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
+THROTTLE = 0.3  # seconds before each training batch of the module's fit
+
+
 def train(*args: str) -> subprocess.CompletedProcess:
-    result = run_train(*args)
+    result = run_train(*args, env=ENV)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return result
 
 
-
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
-    """A 2-process fit, then a 2-process test of its last checkpoint."""
+    """A 2-process fit, slowed down to a known least time per batch."""
     tmp = tmp_path_factory.mktemp("ddp")
     data_root = write_dataset(tmp / "data", gz=True)
     run_dir = tmp / "run"
-    fit = train("fit", *tiny_args(data_root, run_dir), *DDP)
+    fit = train("fit", *tiny_args(data_root, run_dir), *DDP, "--trainer.callbacks+=hooks.Throttle",
+                f"--trainer.callbacks.seconds={THROTTLE}")
     return data_root, run_dir, fit
 
 
 def test_ddp_fit_writes_once_from_rank_zero(ddp_run):
     _, run_dir, fit = ddp_run
     assert fit.stdout.count("Epoch 2/2, Train Loss:") == 1  # the summary line comes from rank 0 only
+    assert "sync_dist" not in fit.stderr  # every epoch-level metric is reduced over the processes
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir())[-1] == "last.ckpt"
     assert len(list((run_dir / "logs").iterdir())) == 1  # one log folder, not one per rank
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     # 200 training images, global batch 40: 5 steps per epoch on 2 processes, as on 1.
     assert checkpoint["epoch"] == 1 and checkpoint["global_step"] == 10
     assert len(read_metrics(run_dir, "val/acc")) == 2
+
+
+def test_ddp_images_per_sec_counts_the_images_of_both_processes_once(ddp_run):
+    _, run_dir, _ = ddp_run
+    most = 200 / (5 * THROTTLE)  # an epoch's 200 images take 5 batches of at least THROTTLE seconds each
+    for row in read_metrics(run_dir, "train/images_per_sec"):
+        assert most / 2 < float(row["train/images_per_sec"]) <= most  # one process's images only: at most half
 
 
 def test_ddp_resume_with_ckpt_path_last(ddp_run, tmp_path):
@@ -88,35 +100,38 @@ def test_ddp_predict_gathers_every_image_once(ddp_run, tmp_path):
     assert [row["file"] for row in rows] == [f"img{v:03d}.png" for v in range(0, 250, 50)]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("signum", [
-    pytest.param(signal.SIGINT, marks=pytest.mark.xfail(strict=True, reason=(
-        "issue 12 defect 8, open: Ctrl-C to the main process of a CPU DDP fit stops rank 0 with a traceback "
-        "(gloo: connection closed by peer) instead of one line"))),
-    signal.SIGTERM,
+@pytest.mark.parametrize("signum, group, at, batch, stopped_epoch", [
+    (signal.SIGINT, False, "train", 2, 1),  # kill -INT <main pid>
+    (signal.SIGTERM, False, "train", 2, 1),  # kill <main pid>
+    (signal.SIGINT, True, "train", 2, 1),  # Ctrl-C in a terminal: the whole process group
+    # Validation shards of 21 and 20 images: rank 0 has 6 batches of 4, rank 1 has 5. Batch 1 is no rank's last:
+    # every rank stops after it; batch 4 is rank 1's last: every rank finishes validation and stops after it.
+    (signal.SIGTERM, True, "validation", 1, 1),
+    (signal.SIGINT, False, "validation", 4, 2),
 ])
-def test_a_signal_to_the_main_process_stops_every_rank_and_saves_once(tmp_path, signum):
-    """Rank 0 alone is signalled (``kill -INT <main pid>``); rank 1 must stop at the same batch, not hang."""
-
+def test_a_signal_to_the_main_process_or_its_group_stops_every_rank_and_saves_once(tmp_path, signum, group, at,
+                                                                                  batch, stopped_epoch):
+    """Signalled as batch ``batch`` of epoch 1's ``at`` starts, every rank stops at the same point, and the run
+    resumes."""
     data_root = write_dataset(tmp_path / "data", gz=True)
     run_dir = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
-    args = [*tiny_args(data_root, run_dir, "--trainer.max_epochs", "4"), *DDP, "--trainer.callbacks+=hooks.Throttle"]
-    process = subprocess.Popen([sys.executable, "train.py", "fit", *args], cwd=REPO, env=env, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    metrics = run_dir / "logs" / "version_0" / "metrics.csv"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and process.poll() is None:
-        if metrics.is_file() and sum(1 for row in csv.DictReader(metrics.open()) if row.get("train/batch_loss")) >= 7:
-            break
-        time.sleep(0.1)
-    process.send_signal(signum)
-    _, stderr = process.communicate(timeout=120)  # a hang fails here
-    assert process.returncode == (1 if signum == signal.SIGINT else 143) and "Traceback" not in stderr, stderr[-3000:]
-    [line] = [line for line in stderr.splitlines() if " stopped at epoch " in line]
-    assert "saved" in line and not list((run_dir / "checkpoints").glob("*.tmp"))
-    step = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
-    assert f"step {step};" in line
-    train("fit", *tiny_args(data_root, run_dir, "--trainer.max_epochs", "4"), *DDP, "--ckpt_path", "last")
-    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 20
+    uneven = ["--data.val_size", "41", "--data.eval_batch_size", "4"] if at == "validation" else []
+    args = [*tiny_args(data_root, run_dir, "--trainer.max_epochs", "4", *uneven), *DDP]
+    interrupt = ["--trainer.callbacks+=hooks.Interrupt", f"--trainer.callbacks.at={at}", "--trainer.callbacks.epoch=1",
+                 f"--trainer.callbacks.batch={batch}", f"--trainer.callbacks.signum={int(signum)}",
+                 f"--trainer.callbacks.group={group}"]
+    # its own session, so that a signal to the process group reaches the ranks and not pytest
+    result = subprocess.run([sys.executable, "train.py", "fit", *args, *interrupt], cwd=REPO, env=ENV, text=True,
+                            capture_output=True, timeout=240, start_new_session=True)  # a hang fails here
+    cause, status = ("Ctrl-C", 1) if signum == signal.SIGINT else ("SIGTERM", 143)
+    assert result.returncode == status and "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    [line] = [line for line in result.stderr.splitlines() if " stopped at " in line]
+    assert line == (f"{cause}: stopped at epoch {stopped_epoch}, step 8; saved {last}; "
+                    "resume with the same command plus --ckpt_path last")
+    assert torch.load(last, weights_only=True)["global_step"] == 8 and not list(last.parent.glob("*.tmp"))
+
+    train("fit", *args, "--ckpt_path", "last")
+    steps_per_epoch = 4 if uneven else 5  # 199 or 200 training images: 99 or 100 per process, 20 per batch
+    assert torch.load(last, weights_only=True)["global_step"] == 4 * steps_per_epoch
+    assert len(read_metrics(run_dir, "val/acc")) == 4  # every epoch validated once

@@ -61,15 +61,18 @@ def metrics(run_dir: Path) -> list[dict]:
     return list(csv.DictReader((folders[0] / "metrics.csv").open()))
 
 
-def assert_complete_and_continuous(run_dir: Path) -> None:
-    """Training reached ``MAX_EPOCHS`` and the log holds every step and every epoch exactly once."""
+def assert_complete_and_continuous(run_dir: Path, stopped_in_validation: int | None = None) -> None:
+    """Training reached ``MAX_EPOCHS`` and the log holds every step and every epoch exactly once; an epoch
+    ``stopped_in_validation`` has no training means (``train/loss``): Lightning keeps them in memory until the
+    epoch's validation is over, and a resumed fit has no batches of that epoch left to average."""
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert (last["epoch"], last["global_step"]) == (MAX_EPOCHS - 1, MAX_EPOCHS * STEPS_PER_EPOCH)
     rows = metrics(run_dir)
     batch_steps = [int(row["step"]) for row in rows if row["train/batch_loss"]]
     assert batch_steps == list(range(MAX_EPOCHS * STEPS_PER_EPOCH))
-    for key in ("val/acc", "train/loss"):
-        assert [int(row["epoch"]) for row in rows if row[key]] == list(range(MAX_EPOCHS)), key
+    assert [int(row["epoch"]) for row in rows if row["val/acc"]] == list(range(MAX_EPOCHS))
+    trained = [epoch for epoch in range(MAX_EPOCHS) if epoch != stopped_in_validation]
+    assert [int(row["epoch"]) for row in rows if row["train/loss"]] == trained
 
 
 def test_kill_9_mid_epoch_then_resume_continues_run_and_log(data_root, tmp_path):
@@ -149,6 +152,70 @@ def test_ctrl_c_between_save_points_resumes_with_every_step_logged_once(data_roo
 
     main(["fit", *run_args(data_root, run_dir, *no_step_saves), "--ckpt_path", "last"])
     assert_complete_and_continuous(run_dir)
+
+
+def interrupted_fit(capsys, *args: str) -> tuple[str, str]:
+    """Run ``fit ARGS`` in this process, expect it to stop on Ctrl-C with exit status 1; its one line and stdout."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *args])
+    assert exit_info.value.code == 1
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.startswith("Ctrl-C: ")]
+    assert "Traceback" not in captured.err and len(lines) == 1, captured.err[-3000:]
+    return lines[0], captured.out
+
+
+def interrupt(at: str, batch: int, epoch: int | None = None) -> list[str]:
+    """Arguments that add ``hooks.Interrupt``: Ctrl-C as batch ``batch`` of ``at`` starts."""
+    return ["--trainer.callbacks+=hooks.Interrupt", f"--trainer.callbacks.at={at}", f"--trainer.callbacks.batch={batch}",
+            *([f"--trainer.callbacks.epoch={epoch}"] if epoch is not None else [])]
+
+
+def test_ctrl_c_during_validation_stops_after_the_running_validation_batch(data_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(TESTS))
+    run_dir = tmp_path / "run"
+    ten_batches = ["--data.eval_batch_size", "4"]  # 40 validation images
+    line, out = interrupted_fit(capsys, *run_args(data_root, run_dir, *ten_batches), "--trainer.callbacks+=hooks.Trace",
+                                *interrupt("validation", 2, epoch=1))
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert line == f"Ctrl-C: stopped at epoch 1, step 10; saved {last}; resume with the same command plus --ckpt_path last"
+    assert [line for line in out.splitlines() if line.startswith("validation batch 1.")][-1] == "validation batch 1.2"
+
+    # The resumed fit validates epoch 1 again, in full: its result is logged once and judged for the best checkpoint.
+    main(["fit", *run_args(data_root, run_dir, *ten_batches), "--ckpt_path", "last"])
+    assert_complete_and_continuous(run_dir, stopped_in_validation=1)
+
+
+@pytest.mark.parametrize("flag, step", [("save_last", 8), ("save_on_exception", 7)])
+def test_ctrl_c_with_saving_off_says_so_and_names_the_latest_checkpoint(data_root, tmp_path, capsys, monkeypatch,
+                                                                         flag, step):
+    """Without save_on_exception Ctrl-C is Lightning's KeyboardInterrupt: the run stops at once, mid-batch."""
+    monkeypatch.syspath_prepend(str(TESTS))
+    run_dir = tmp_path / "run"
+    line, _ = interrupted_fit(capsys, *run_args(data_root, run_dir, f"--checkpoint.{flag}", "false"),
+                              *interrupt("train", 2, epoch=1))
+    reason = f"saving on interruption is off (--checkpoint.{flag} false)"
+    assert line.startswith(f"Ctrl-C: stopped at epoch 1, step {step}; {reason}; the latest checkpoint is ")
+    latest = Path(line.split("the latest checkpoint is ")[1])
+    assert latest.parent == run_dir / "checkpoints" and checkpoint_step(latest) < step
+
+
+@pytest.mark.parametrize("resumed", [False, True])
+def test_ctrl_c_before_training_says_nothing_changed(data_root, tmp_path, capsys, monkeypatch, resumed):
+    monkeypatch.syspath_prepend(str(TESTS))
+    run_dir = tmp_path / "run"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    resume = []
+    if resumed:
+        main(["fit", *run_args(data_root, run_dir, "--trainer.max_epochs", "1")])
+        before, resume = last.read_bytes(), ["--ckpt_path", "last"]
+    line, _ = interrupted_fit(capsys, *run_args(data_root, run_dir), *resume, *interrupt("sanity_check", 0))
+    if resumed:
+        assert line == f"Ctrl-C: stopped before training resumed; {last} is unchanged; run the same command again"
+        assert last.read_bytes() == before
+    else:
+        assert line == "Ctrl-C: stopped before training started; nothing to save"
+        assert not last.exists()
 
 
 def test_nan_loss_stops_with_one_line_and_keeps_the_good_checkpoints(data_root, tmp_path, capsys, monkeypatch):

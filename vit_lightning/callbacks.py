@@ -41,8 +41,9 @@ class EpochSummary(Callback):
 
 
 class TrainingSpeed(Callback):
-    """Log ``train/images_per_sec`` once per epoch: images of all processes over the wall time from the start of
-    the epoch's first training batch to the end of its last (data loading included, validation excluded)."""
+    """Log ``train/images_per_sec`` once per epoch: the images of all processes per second, each process's images
+    over its wall time from the start of the epoch's first training batch to the end of its last (data loading
+    included, validation excluded), summed over the processes."""
 
     def __init__(self):
         self._start: float | None = None
@@ -57,12 +58,13 @@ class TrainingSpeed(Callback):
             self._start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        self._images += len(batch[0]) * trainer.world_size
+        self._images += len(batch[0])
         self._end = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._start is not None and self._end > self._start:
-            pl_module.log("train/images_per_sec", self._images / (self._end - self._start))
+            pl_module.log("train/images_per_sec", self._images / (self._end - self._start), reduce_fx="sum",
+                          sync_dist=True)
 
 
 class PredictionWriter(Callback):

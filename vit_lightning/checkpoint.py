@@ -4,6 +4,9 @@ writes them (``last.ckpt`` at every save point and on interruption).
 
 Every checkpoint is written atomically (:class:`AtomicCheckpointIO`), so a crash or a full disk never leaves half a
 checkpoint where a good one was.
+
+About 300 lines, on purpose: what a checkpoint holds and when it is written is one contract, and the stop on
+Ctrl-C/SIGTERM belongs to it (every rank must agree on the batch after which ``last.ckpt`` is saved).
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ import os
 import signal
 import sys
 import threading
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -143,8 +145,13 @@ class Checkpoint(ModelCheckpoint):
     """
 
     INTERRUPTIONS = (KeyboardInterrupt, SIGTERMException)
-    _interrupt_requested = False
-    _previous_sigint_handler: Any = None
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    _armed = False  # this callback's signal handlers are in place (fit, from on_train_start)
+    _previous_handlers: dict[int, Any] = {}  # replaced by each fit
+    _training_started = False
+    _signal = 0  # the signal this process received
+    _stop_signal = 0  # the signal every rank agreed to stop on (0: none yet)
+    _common_val_batches: list[float] = []  # per validation loader, the fewest batches any rank has
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
@@ -155,23 +162,38 @@ class Checkpoint(ModelCheckpoint):
         checkpoint[LOG_DIR] = trainer.log_dir
         checkpoint[LOGGER_VERSIONS] = {type(logger).__name__: logger.version for logger in trainer.loggers}
 
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)
+        self._training_started = False
+
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
-        self._interrupt_requested = False
-        if self.save_on_exception and threading.current_thread() is threading.main_thread():
-            self._previous_sigint_handler = signal.signal(signal.SIGINT, partial(self._defer_interrupt, trainer))
+        self._training_started, self._stop_signal = True, 0
+        self._signal = signal.SIGTERM if trainer.received_sigterm else 0  # one that came while restoring
+        self._armed = self.save_on_exception and threading.current_thread() is threading.main_thread()
+        if self._armed:
+            self._previous_handlers = {signum: signal.signal(signum, self._note_signal) for signum in self.SIGNALS}
 
-    def _defer_interrupt(self, trainer: Trainer, signum: int, frame: Any) -> None:
-        """Ctrl-C takes Lightning's SIGTERM path: the loops stop after the running batch, with the batch fully
-        counted, and under DDP rank 0 broadcasts the stop to every rank before the next batch."""
-        self._interrupt_requested = True
-        trainer._signal_connector.received_sigterm = True
-        self._restore_sigint_handler()
+    def _note_signal(self, signum: int, frame: Any) -> None:
+        """Ctrl-C and SIGTERM only note the signal: every rank learns of it at the same batch end
+        (:meth:`_agree_on_stop`) and stops there, the batch fully counted. A second Ctrl-C stops at once."""
+        self._signal = self._signal or signum
+        self._restore_handlers(signal.SIGINT)
 
-    def _restore_sigint_handler(self) -> None:
-        if self._previous_sigint_handler is not None:
-            signal.signal(signal.SIGINT, self._previous_sigint_handler)
-            self._previous_sigint_handler = None
+    def _restore_handlers(self, *signums: int) -> None:
+        for signum in signums or list(self._previous_handlers):
+            if signum in self._previous_handlers:
+                signal.signal(signum, self._previous_handlers.pop(signum))
+
+    def _agree_on_stop(self, trainer: Trainer) -> None:
+        """Stop after this batch if any rank was signalled. Every rank calls this at the same batch (a collective
+        under DDP), so all stop there together, which Lightning's loops do on ``received_sigterm``; Lightning's own
+        SIGTERM handler stops each rank where it is, and a rank signalled alone would leave the others hanging."""
+        if not self._armed:
+            return
+        if not self._stop_signal:
+            self._stop_signal = int(_reduce(trainer, [self._signal], "max")[0])
+        trainer._signal_connector.received_sigterm = bool(self._stop_signal)
 
     def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
         try:
@@ -184,26 +206,75 @@ class Checkpoint(ModelCheckpoint):
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         if self._every_n_train_steps >= 1 and trainer.global_step % self._every_n_train_steps == 0:
             self._save_last_if_skipped(trainer)
+        self._agree_on_stop(trainer)
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._armed:
+            self._common_val_batches = _reduce(trainer, trainer.num_val_batches, "min")
+
+    def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int,
+                                dataloader_idx: int = 0) -> None:
+        """Validation stops after the running batch too, unless that is the last batch of some rank (shards may
+        differ by a batch): Lightning stops a rank only before its last batch, so every rank then finishes
+        validation and stops after it (:meth:`on_validation_end`)."""
+        if not self._armed:
+            return
+        if batch_idx < self._common_val_batches[dataloader_idx] - 1:
+            self._agree_on_stop(trainer)
+        else:
+            trainer._signal_connector.received_sigterm = False
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_skipped(trainer)
+        self._agree_on_stop(trainer)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._disarm()
+        super().on_train_end(trainer, pl_module)
+
+    def _disarm(self) -> None:
+        self._armed = False
+        self._restore_handlers()
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        self._restore_sigint_handler()
+        self._disarm()
         if not isinstance(exception, self.INTERRUPTIONS) or trainer.state.fn != TrainerFn.FITTING:
             return
-        if self._should_save_on_exception(trainer) and self.save_last:
+        # A KeyboardInterrupt comes before training (restoring, sanity check) or from a second Ctrl-C, anywhere in a
+        # batch and maybe on one rank only: its state may hold half an update, and the other ranks would not save.
+        between_batches = isinstance(exception, SIGTERMException)
+        if between_batches and trainer.validating and self._training_started:
+            _validate_again_on_resume(trainer.fit_loop.epoch_loop.val_loop.batch_progress)
+            self._last_global_step_saved = -1  # a checkpoint of this step from before validation would skip it
+        if between_batches and self.save_last and self._should_save_on_exception(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-        if not trainer.is_global_zero:
-            return
-        cause = "Ctrl-C" if isinstance(exception, KeyboardInterrupt) or self._interrupt_requested else "SIGTERM"
+        cause = "Ctrl-C" if isinstance(exception, KeyboardInterrupt) or self._stop_signal == signal.SIGINT else "SIGTERM"
         exception.ctrl_c = cause == "Ctrl-C"  # cli.main: exit status 1 after Ctrl-C, 143 after SIGTERM
-        where = f"{cause}: stopped at epoch {trainer.current_epoch}, step {trainer.global_step}"
-        if self.last_model_path and os.path.isfile(self.last_model_path):
-            print(f"{where}; saved {self.last_model_path}; resume with the same command plus --ckpt_path last",
-                  file=sys.stderr)
+        if trainer.is_global_zero:
+            print(f"{cause}: {self._outcome(trainer, between_batches)}", file=sys.stderr)
+
+    def _outcome(self, trainer: Trainer, between_batches: bool) -> str:
+        """Where an interrupted fit stopped, what it saved and how to go on."""
+        if not self._training_started:
+            if trainer.ckpt_path:
+                return f"stopped before training resumed; {trainer.ckpt_path} is unchanged; run the same command again"
+            return "stopped before training started; nothing to save"
+        where = f"stopped at epoch {trainer.current_epoch}, step {trainer.global_step}"
+        last = self.last_model_path
+        if self._last_global_step_saved == trainer.global_step and last and os.path.isfile(last):
+            return f"{where}; saved {last}; resume with the same command plus --ckpt_path last"
+        if not self.save_on_exception or not self.save_last:
+            option = "save_on_exception" if not self.save_on_exception else "save_last"
+            why = f"saving on interruption is off (--checkpoint.{option} false)"
         else:
-            print(f"{where}; nothing to save yet", file=sys.stderr)
+            why = "nothing saved" if between_batches else "a second Ctrl-C stops at once: nothing saved"
+        latest = next((path for path in (self._last_checkpoint_saved, last) if path and os.path.isfile(path)), None)
+        return f"{where}; {why}; " + (f"the latest checkpoint is {latest}" if latest else "no checkpoint yet")
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        self._restore_sigint_handler()
+        self._disarm()
         super().teardown(trainer, pl_module, stage)
 
     def _save_last_if_skipped(self, trainer: Trainer) -> None:
@@ -215,8 +286,22 @@ class Checkpoint(ModelCheckpoint):
         if self._should_save_on_train_epoch_end(trainer):
             self._save_last_if_skipped(trainer)
 
-    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        super().on_validation_end(trainer, pl_module)
-        if not self._should_save_on_train_epoch_end(trainer):
-            self._save_last_if_skipped(trainer)
+
+def _reduce(trainer: Trainer, values: list[float], op: str) -> list[float]:
+    """``values`` reduced over the processes with ``op`` (``max``, ``min``); on one process, as they are (no
+    device tensor: that would synchronise a GPU at every batch)."""
+    if trainer.world_size == 1:
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.float64, device=trainer.strategy.root_device)
+    return trainer.strategy.reduce(tensor, reduce_op=op).tolist()
+
+
+def _validate_again_on_resume(progress: Any) -> None:
+    """Record a validation stopped after some of its batches as stopped inside its first batch: Lightning's resume
+    runs such a validation again from the start (mid-evaluation restart), but skips one that ended on a finished
+    batch, which would leave the epoch without its validation result."""
+    done = progress.current.completed
+    for tracker in (progress.total, progress.current):
+        tracker.processed = tracker.completed = tracker.completed - done
+        tracker.ready = tracker.started = tracker.completed + 1
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, NoReturn
 
 import torch
+import yaml
 from jsonargparse import Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
@@ -57,8 +58,9 @@ class ViTCLI(LightningCLI):
 
     Everything a run writes lives under ``--trainer.default_root_dir``: checkpoints in its fixed
     ``checkpoints/`` folder (so ``--ckpt_path last`` finds the previous run) and, unless another logger is
-    configured, CSV logs in ``logs/version_N/``, which ``fit --ckpt_path`` continues. Output locations are
-    checked before anything runs, and a checkpoint must fit the model it is loaded into.
+    configured, CSV logs: a fit's in ``logs/version_N/``, which ``fit --ckpt_path`` continues, one row per
+    ``validate`` or ``test`` in ``logs/validate/`` or ``logs/test/`` (``predict`` logs nothing). Output locations
+    are checked before anything runs, and a checkpoint must fit the model it is loaded into.
     """
 
     checkpoint: dict | None = None  # the --ckpt_path checkpoint, loaded (memory-mapped) once while parsing
@@ -92,6 +94,7 @@ class ViTCLI(LightningCLI):
             parser.link_arguments(f"data.{fact}", f"model.{fact}", apply_on="instantiate")
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        require_settings_in_config_files(sys.argv[1:] if args is None else args)
         super().parse_arguments(parser, args)
         if self.config.get("subcommand"):
             config = self.config[self.config.subcommand]
@@ -108,7 +111,7 @@ class ViTCLI(LightningCLI):
                 if rank_zero_only.rank == 0 and os.environ.get("NODE_RANK", "0") == "0":  # not DDP's other ranks
                     self.lock = RunLock(root)
                     self.lock.acquire()
-            if config.trainer.logger in (None, True):  # the default CSV log
+            if config.trainer.logger in (None, True) and self.config.subcommand != "predict":  # the default CSV log
                 require_writable_folder(root / "logs", "--trainer.default_root_dir")
             if self.config.subcommand == "predict" and config.predictions.output:
                 output = Path(config.predictions.output)
@@ -146,10 +149,11 @@ class ViTCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         root = Path(config.trainer.default_root_dir or ".")
-        if config.trainer.logger in (None, True):
-            config.trainer.logger = Namespace(
+        if config.trainer.logger in (None, True):  # the default CSV log (see the class docstring)
+            version = None if self.subcommand == "fit" else self.subcommand
+            config.trainer.logger = False if self.subcommand == "predict" else Namespace(
                 class_path=f"{ResumableCSVLogger.__module__}.{ResumableCSVLogger.__name__}",
-                init_args=Namespace(save_dir=str(root), name="logs"),
+                init_args=Namespace(save_dir=str(root), name="logs", version=version),
             )
         loggers = config.trainer.logger if isinstance(config.trainer.logger, list) else [config.trainer.logger]
         for logger in filter(is_wandb_logger, loggers):
@@ -173,6 +177,9 @@ class ViTCLI(LightningCLI):
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
         require_valid_optimizer(self.model.optimizer)
+        if self.subcommand in ("validate", "test") and isinstance(self.trainer.logger, ResumableCSVLogger):
+            checkpoint = self.checkpoint or {}
+            self.trainer.logger.add_evaluation(checkpoint.get("epoch", 0), checkpoint.get("global_step", 0))
         if self.checkpoint is None:
             return
         require_fitting_state(self.model, self.checkpoint["state_dict"], self.config[self.subcommand].ckpt_path)
@@ -208,6 +215,23 @@ def require_valid_optimizer(optimizer: Callable | None) -> None:
         optimizer([torch.nn.Parameter(torch.zeros(1))])
     except (ValueError, TypeError) as error:
         raise UserError(f"--model.optimizer: {error}; fix its init_args (e.g. --model.optimizer.init_args.lr)") from None
+
+
+def require_settings_in_config_files(args: Any) -> None:
+    """Raise a one-line :class:`UserError` for a ``--config`` file that holds no settings (empty, only comments, or
+    YAML that is not a mapping), which jsonargparse reports as ``Unexpected config:`` after its usage text."""
+    if not isinstance(args, (list, tuple)):
+        return
+    paths = [value for flag, value in zip(args, args[1:]) if flag == "--config"]
+    paths += [arg.split("=", 1)[1] for arg in args if arg.startswith("--config=")]
+    for path in filter(os.path.isfile, paths):
+        try:
+            settings = yaml.safe_load(Path(path).read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue  # jsonargparse says what is wrong with it
+        if not isinstance(settings, dict):
+            problem = "is empty" if settings is None else "holds no settings"
+            raise UserError(f"--config {path} {problem}; give YAML `option: value` lines, as in configs/quick.yaml")
 
 
 def main(args: list[str] | None = None) -> None:

@@ -24,6 +24,8 @@ def read_idx(path: Path) -> torch.Tensor:
     try:
         with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
             data = f.read()
+    except PermissionError:
+        raise UserError(f"{path} cannot be read (permission denied); make it readable") from None
     except (OSError, EOFError) as e:
         raise UserError(f"cannot read {path}: {e}; replace it with a good copy") from None
     if not data:

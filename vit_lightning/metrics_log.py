@@ -1,10 +1,13 @@
-"""The default metrics log: a CSV file per run that a resumed ``fit`` continues instead of starting anew."""
+"""The default metrics log: a CSV file per run that a resumed ``fit`` continues instead of starting anew, and one
+per evaluating subcommand that each ``validate`` or ``test`` adds a row to."""
 
 from __future__ import annotations
 
 import csv
+import math
 import os
 from pathlib import Path
+from typing import Any
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger
@@ -12,19 +15,21 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 
 class ResumableCSVLogger(CSVLogger):
-    """``CSVLogger`` (``save_dir/name/version_N/metrics.csv``) that writes every row to disk as it is logged and
-    that a resumed run continues.
+    """``CSVLogger`` (``save_dir/name/version_N/metrics.csv``) that writes every row to disk as it is logged, that a
+    resumed run continues and that evaluations add to.
 
     :meth:`continue_from` points it at the version folder the checkpoint's run logged to and drops the rows
     logged after that checkpoint (a run killed mid-epoch logs those steps again), so the file has each step and
-    each epoch exactly once.
+    each epoch exactly once. :meth:`add_evaluation` keeps every row already there (a fixed version such as
+    ``test`` gathers one row per run) and gives this run's rows the epoch and step of the checkpoint evaluated.
     """
 
     def __init__(self, save_dir: str, name: str = "logs", version: int | str | None = None, prefix: str = "",
                  flush_logs_every_n_steps: int = 1):
         super().__init__(save_dir, name=name, version=version, prefix=prefix,
                          flush_logs_every_n_steps=flush_logs_every_n_steps)
-        self._resume_step: int | None = None
+        self._resume_step: float | None = None
+        self._evaluated: tuple[int, int] | None = None
 
     def continue_from(self, log_dir: str | None, global_step: int) -> bool:
         """Log into ``log_dir`` (a version folder of this logger) from ``global_step`` on; ``False`` when
@@ -39,6 +44,19 @@ class ResumableCSVLogger(CSVLogger):
         self._resume_step = global_step
         return True
 
+    def add_evaluation(self, epoch: int, step: int) -> None:
+        """Add this run's rows to the ``metrics.csv`` already in the version folder, as those of ``epoch`` and
+        ``step`` (the checkpoint's: an evaluation does not restore the training counters)."""
+        if self._experiment is not None:
+            raise RuntimeError("add_evaluation must be called before anything is logged")
+        self._resume_step, self._evaluated = math.inf, (epoch, step)
+
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        if self._evaluated is not None:
+            epoch, step = self._evaluated
+            metrics = {**metrics, "epoch": epoch}
+        super().log_metrics(metrics, step)
+
     @property
     @rank_zero_experiment
     def experiment(self) -> ExperimentWriter:
@@ -51,7 +69,7 @@ class _ContinuedWriter(ExperimentWriter):
     """An ``ExperimentWriter`` that keeps the rows of an existing ``metrics.csv`` logged before ``resume_step``
     (Lightning's writer deletes the file)."""
 
-    def __init__(self, log_dir: str, resume_step: int):
+    def __init__(self, log_dir: str, resume_step: float):
         self.resume_step = resume_step
         super().__init__(log_dir)
 

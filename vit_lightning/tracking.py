@@ -36,6 +36,10 @@ class RunConfig(SaveConfigCallback):
     W&B (or ``hparams.yaml``) record alone.
     """
 
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if trainer.loggers or stage != "predict":  # a predict without a logger writes only its predictions
+            super().setup(trainer, pl_module, stage)
+
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         record = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
         record["parameters"] = sum(parameter.numel() for parameter in pl_module.parameters())
