@@ -7,6 +7,7 @@ from support import tiny_args
 from vit_lightning.cli import ViTCLI, main
 
 
+@pytest.mark.slow  # several seconds of training
 def test_bf16_mixed_precision_trains_and_saves_fp32_weights(data_root, tmp_path):
     run_dir = tmp_path / "run"
     main(["fit", *tiny_args(data_root, run_dir), "--trainer.precision", "bf16-mixed", "--trainer.max_epochs", "1"])

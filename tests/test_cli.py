@@ -104,6 +104,7 @@ def test_resume_with_ckpt_path_last_continues_the_run(data_root, tmp_path):
     assert epochs == [0, 1, 2]
 
 
+@pytest.mark.slow  # several seconds of training
 def test_training_shard_is_reshuffled_every_epoch(data_root, tmp_path):
     cli = ViTCLI(["fit", *tiny_args(data_root, tmp_path / "run"), "--trainer.max_epochs", "3"])
     sampler = cli.trainer.train_dataloader.sampler
