@@ -1,12 +1,23 @@
-"""Fixtures: a tiny dataset folder and trained-and-exported tiny models (the helpers are in support.py)."""
+"""Fixtures: a tiny dataset folder and trained-and-exported tiny models (the helpers are in support.py); Ctrl-C as in
+a terminal."""
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
 
 from support import tiny_args, write_dataset
+
+
+@pytest.fixture(autouse=True)
+def ctrl_c_as_in_a_terminal():
+    """SIGINT raises KeyboardInterrupt in this process and keeps its default in the processes tests start, also
+    when pytest itself was started with SIGINT ignored (a background job of a script, as some CI runners do)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture

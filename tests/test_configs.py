@@ -23,7 +23,8 @@ def test_early_stopping_config_stops_a_run_that_stopped_improving(data_root, tmp
 @pytest.mark.slow  # several seconds of training
 def test_learning_rate_search_sets_the_schedule_peak_and_is_skipped_on_resume(data_root, tmp_path, capsys, caplog):
     run_dir = tmp_path / "run"
-    flags = ["--config", str(preset_file("lr_find")), "--model.lr_schedule", "warmup_cosine",
+    flags = ["--config", str(preset_file("lr_find")), "--trainer.callbacks.num_training_steps=30",  # of 100
+             "--model.lr_schedule", "warmup_cosine",
              "--model.warmup_fraction", "0.3", "--trainer.max_epochs", "3"]
     with caplog.at_level(logging.INFO):
         main(["fit", *tiny_args(data_root, run_dir, *flags)])
