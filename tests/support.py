@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 from vit_lightning.idx import SPLIT_FILES, write_idx
@@ -71,3 +72,15 @@ def read_metrics(run_dir: Path, name: str | None = None) -> list[dict]:
     rows = [row for path in sorted((run_dir / "logs").glob("*/metrics.csv"))
             for row in csv.DictReader(path.open())]
     return [row for row in rows if row.get(name)] if name else rows
+
+
+def user_error(capsys, *args: str) -> str:
+    """Run the CLI (``train.py ARGS``) in this process, expect the one-line ``error: ...`` of a user mistake, exit
+    status 1 and nothing else on stderr; return that line."""
+    from vit_lightning.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and len(err.splitlines()) == 1 and err.startswith("error: "), err
+    return err.strip()

@@ -11,7 +11,7 @@ import torchvision.datasets.mnist
 import yaml
 from PIL import Image
 
-from support import read_metrics, tiny_args
+from support import read_metrics, tiny_args, user_error
 from vit_lightning.cli import ViTCLI, main
 from vit_lightning.datasets import DATASETS
 from vit_lightning.module import ViTClassifier
@@ -116,15 +116,6 @@ def test_training_shard_is_reshuffled_every_epoch(data_root, tmp_path):
     assert orders[0] != orders[1] and sorted(orders[0]) == sorted(orders[1])
 
 
-def cli_error(capsys, *args: str) -> str:
-    """The CLI's stderr for ``args``, which must stop it with exit status 1 and exactly one line."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 1 and len(err.splitlines()) == 1 and err.startswith("error: "), err
-    return err
-
-
 def test_print_config_is_complete_yaml(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--print_config"])
@@ -140,7 +131,7 @@ def test_missing_data_root_is_one_line_after_the_download_failed(tmp_path, capsy
         raise URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(torchvision.datasets.mnist, "download_and_extract_archive", offline)
-    error = cli_error(capsys, "fit", "--data.root", str(tmp_path / "nonexistent"),
+    error = user_error(capsys, "fit", "--data.root", str(tmp_path / "nonexistent"),
                       "--trainer.default_root_dir", str(tmp_path / "run"))
     assert "--data.root" in error and "train-images-idx3-ubyte" in error and "the download failed" in error
     assert not (tmp_path / "nonexistent").exists()  # nothing left behind
@@ -150,7 +141,7 @@ def test_missing_data_root_is_one_line_after_the_download_failed(tmp_path, capsy
                                            ("last", "no "), (".", "is a folder; pass a .ckpt file in it")])
 def test_bad_ckpt_path_is_one_line(data_root, tmp_path, capsys, ckpt, message):
     (tmp_path / "junk.ckpt").write_bytes(b"\x00not a checkpoint")
-    error = cli_error(capsys, "test", *tiny_args(data_root, tmp_path / "run"), "--ckpt_path",
+    error = user_error(capsys, "test", *tiny_args(data_root, tmp_path / "run"), "--ckpt_path",
                       ckpt if ckpt == "last" else str(tmp_path / ckpt))
     assert message in error
 

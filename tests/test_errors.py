@@ -11,21 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from support import REPO, tiny_args, write_dataset
+from support import REPO, tiny_args, user_error, write_dataset
 from vit_lightning.cli import main
 from vit_lightning.idx import read_idx, write_idx
 from vit_lightning.errors import UserError
 
-
-
-def user_error(capsys, *args: str) -> str:
-    """Run the CLI in this process, expect the one-line ``error: ...`` of a user mistake, return that line."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    assert exit_info.value.code == 1
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, errors
-    return errors[0]
 
 
 @pytest.fixture(scope="module")
