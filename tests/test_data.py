@@ -10,7 +10,7 @@ from support import write_dataset
 from vit_lightning.augment import RandomAffine
 from vit_lightning.data import MNISTDataModule, shard_sampler
 from vit_lightning.datasets import DATASETS
-from vit_lightning.idx import find_idx_files, read_idx, write_idx
+from vit_lightning.idx import find_idx_files, load_split, read_idx, write_idx
 from vit_lightning.preprocess import load_images
 from vit_lightning.errors import UserError
 
@@ -57,6 +57,18 @@ def test_split_is_seeded_disjoint_and_accepts_a_fraction(data_root):
     assert not train_set & {bytes(image.numpy()) for image in val.images}
     train, val = split(val_size=0.25)
     assert (len(train), len(val)) == (180, 60)
+
+
+def test_train_subset_trains_on_the_first_images_and_validates_on_others(data_root):
+    dm = datamodule(data_root, train_subset=50)
+    dm.setup("fit")
+    images, labels = load_split(find_idx_files(data_root, "mnist"), "train", 28, 10)
+    assert torch.equal(dm.datasets["train"].images, images[:50])
+    assert torch.equal(dm.datasets["train"].targets, labels[:50])
+    val = {bytes(image.numpy()) for image in dm.datasets["val"].images}
+    assert len(dm.datasets["val"]) == 40 and not val & {bytes(image.numpy()) for image in images[:50]}
+    with pytest.raises(UserError, match="--data.train_subset 230 must be between 1 and 200"):
+        datamodule(data_root, train_subset=230).setup("fit")
 
 
 def test_augmentation_keeps_shape_differs_between_calls_and_is_off_in_eval(data_root):

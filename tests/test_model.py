@@ -49,12 +49,13 @@ def test_attention_equals_naive_reference():
     torch.testing.assert_close(attention.attention_weights(x), weights, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("tokenizer, patch_size", [("patch", 7), ("conv", 4)])
+@pytest.mark.parametrize("tokenizer, patch_size, stem_channels", [("patch", 7, 0), ("conv", 4, 0), ("conv", 4, 8)])
 @pytest.mark.parametrize("pool", ["cls", "mean", "seq"])
 @pytest.mark.parametrize("pos_embedding", ["sincos", "learned"])
-def test_forward_shapes_and_every_parameter_gets_a_gradient(tokenizer, patch_size, pool, pos_embedding):
+def test_forward_shapes_and_every_parameter_gets_a_gradient(tokenizer, patch_size, stem_channels, pool, pos_embedding):
     torch.manual_seed(0)
-    model = tiny_vit(tokenizer=tokenizer, patch_size=patch_size, pool=pool, pos_embedding=pos_embedding, dropout=0.1)
+    model = tiny_vit(tokenizer=tokenizer, patch_size=patch_size, stem_channels=stem_channels, pool=pool,
+                     pos_embedding=pos_embedding, dropout=0.1)
     with torch.no_grad():
         model.head.weight.normal_()  # the head starts at zero, which would stop gradients reaching the body
     logits = model(torch.randn(4, 1, 28, 28))
@@ -98,6 +99,7 @@ def test_attention_rollout_is_a_distribution_over_the_patch_grid(pool):
         (dict(tokenizer="resnet"), "tokenizer must be"),
         (dict(tokenizer="conv", patch_size=7), "power of two"),
         (dict(dropout=1.0), "dropout"),
+        (dict(tokenizer="conv", patch_size=4, stem_channels=-1), "stem_channels"),
     ],
 )
 def test_invalid_settings_raise_value_error(overrides, message):
@@ -118,6 +120,14 @@ def test_conv_tokenizer_halves_the_image_per_stage_and_doubles_channels_to_the_w
     assert ConvTokenizer(in_channels=3, dim=8, downsample=2)(torch.randn(1, 3, 28, 28)).shape == (1, 196, 8)
 
 
+def test_stem_channels_put_a_full_resolution_convolution_before_the_strided_ones():
+    tokenizer = ConvTokenizer(in_channels=1, dim=32, downsample=4, stem_channels=8)
+    convs = [layer for layer in tokenizer.stem if isinstance(layer, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.stride) for c in convs] == [(1, 8, (1, 1)), (8, 16, (2, 2)),
+                                                                          (16, 32, (2, 2))]
+    assert tokenizer(torch.randn(2, 1, 28, 28)).shape == (2, 49, 32)
+
+
 def test_conv_tokens_are_row_major_like_patches():
     """Token i of the conv stem sees the image region of patch i: the grid is flattened row by row."""
     torch.manual_seed(0)
@@ -132,10 +142,28 @@ def test_sequence_pooling_equals_naive_weighted_sum():
     torch.manual_seed(0)
     pool = SequencePooling(dim=8)
     tokens = torch.randn(3, 5, 8)
-    weights = torch.softmax(tokens @ pool.score.weight[0] + pool.score.bias, dim=1)  # [B, N]
+    weights = torch.softmax(tokens @ pool.score.weight[0], dim=1)  # [B, N]
     expected = (weights.unsqueeze(-1) * tokens).sum(dim=1)
     torch.testing.assert_close(pool(tokens), expected)
     torch.testing.assert_close(pool.weights(tokens).sum(dim=1), torch.ones(3))
+
+
+def test_a_state_dict_with_the_old_pooling_bias_loads_and_predicts_what_it_predicted():
+    """Earlier versions had a bias on the pooling score, which softmax ignores: old weights load, outputs unchanged."""
+    torch.manual_seed(0)
+    model = tiny_vit(pool="seq").eval()
+    with torch.no_grad():
+        model.head.weight.normal_()
+    old_state = {**model.state_dict(), "sequence_pool.score.bias": torch.tensor([3.7])}
+    images = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():  # what the old model computed: the score with its bias
+        features = model.forward_features(images)
+        weights = torch.softmax(features @ model.sequence_pool.score.weight[0] + 3.7, dim=1)
+        old_logits = model.head((weights.unsqueeze(-1) * features).sum(dim=1))
+    reloaded = tiny_vit(pool="seq").eval()
+    reloaded.load_state_dict(old_state, strict=True)
+    assert "sequence_pool.score.bias" not in reloaded.state_dict()
+    torch.testing.assert_close(reloaded(images), old_logits)
 
 
 def test_no_weight_decay_names_the_class_token_and_learned_positions_only():

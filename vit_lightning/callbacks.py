@@ -41,14 +41,30 @@ class EpochSummary(Callback):
 
 
 class TrainingSpeed(Callback):
-    """Log ``train/images_per_sec`` once per epoch: the images of all processes per second, each process's images
-    over its wall time from the start of the epoch's first training batch to the end of its last (data loading
-    included, validation excluded), summed over the processes."""
+    """Log ``train/images_per_sec`` and ``train/elapsed_s`` once per epoch.
+
+    Images/s: the images of all processes per second, each process's images over its wall time from the start of
+    the epoch's first training batch to the end of its last (data loading included, validation excluded), summed
+    over the processes. Elapsed: wall time since the fit started, validation included, at the end of the epoch
+    (after its validation), so each row of the log pairs ``val/acc`` with the time it took to reach it; a resumed
+    fit counts on from its checkpoint.
+    """
 
     def __init__(self):
         self._start: float | None = None
         self._end = 0.0
         self._images = 0
+        self._fit_start = 0.0
+        self._elapsed_before = 0.0  # of the fit a resumed run continues
+
+    def state_dict(self) -> dict[str, float]:
+        return {"elapsed_s": self._elapsed_before + time.perf_counter() - self._fit_start}
+
+    def load_state_dict(self, state_dict: dict[str, float]) -> None:
+        self._elapsed_before = state_dict.get("elapsed_s", 0.0)
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._fit_start = time.perf_counter()
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._start, self._images = None, 0
@@ -65,6 +81,7 @@ class TrainingSpeed(Callback):
         if self._start is not None and self._end > self._start:
             pl_module.log("train/images_per_sec", self._images / (self._end - self._start), reduce_fx="sum",
                           sync_dist=True)
+        pl_module.log("train/elapsed_s", self.state_dict()["elapsed_s"], reduce_fx="max", sync_dist=True)
 
 
 class PredictionWriter(Callback):

@@ -26,6 +26,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from vit_lightning.errors import UserError
+from vit_lightning.model import OBSOLETE_PARAMETERS
 
 LOG_DIR = "log_dir"  # the folder the run logged its metrics to, which a resumed fit continues
 LOGGER_VERSIONS = "logger_versions"  # {logger class name: its version}, e.g. the W&B run id a resumed fit continues
@@ -94,7 +95,8 @@ def logger_version(checkpoint: dict, logger_name: str) -> str | None:
 def require_fitting_state(model: torch.nn.Module, state_dict: dict, ckpt_path: str) -> None:
     """Raise a one-line :class:`UserError` when a checkpoint's weights do not fit ``model`` (another architecture)."""
     expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
-    found = {name: tuple(tensor.shape) for name, tensor in state_dict.items()}
+    found = {name: tuple(tensor.shape) for name, tensor in state_dict.items()
+             if not name.endswith(OBSOLETE_PARAMETERS)}  # loading discards them
     if expected == found:
         return
     differences = [f"{name} is {found[name]} in the checkpoint but {shape} in the model"

@@ -72,7 +72,8 @@ class MNISTDataModule(LightningDataModule):
     gets ``batch_size / N`` per step, so 1 and N devices train with the same steps and learning rate.
     ``hflip=None`` flips half the training images of a mirror-symmetric dataset (Fashion-MNIST), none of the
     digits or characters. ``auto_invert`` inverts predict images with a light background (dark strokes on
-    paper) to MNIST's light strokes on black.
+    paper) to MNIST's light strokes on black. ``train_subset`` N trains on the first N images of the training
+    file only (a small-data run); validation then draws its ``val_size`` images from the rest of the file.
     """
 
     def __init__(
@@ -81,6 +82,7 @@ class MNISTDataModule(LightningDataModule):
         root: str = "data",
         download: bool = True,
         val_size: int | float = 5000,
+        train_subset: int | None = None,
         batch_size: int = 256,
         eval_batch_size: int = 1024,
         num_workers: int = 0,
@@ -158,11 +160,18 @@ class MNISTDataModule(LightningDataModule):
             self.datasets["test"] = InMemoryImages(*load_split(files, "test", self.image_size, self.num_classes))
 
     def _split(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        val_size = self.hparams.val_size
+        """Training and validation indices into the training file's ``n`` images, disjoint, from ``seed``."""
+        val_size, subset = self.hparams.val_size, self.hparams.train_subset
         n_val = round(val_size * n) if isinstance(val_size, float) else val_size
+        if subset is not None and not 0 < subset <= n - n_val:
+            raise UserError(f"--data.train_subset {subset} must be between 1 and {n - n_val} (the {n} training "
+                            f"images less --data.val_size {val_size})")
         if not 0 < n_val < n:
             raise UserError(f"--data.val_size {val_size} leaves no training or no validation images out of {n}")
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.hparams.seed))
+        generator = torch.Generator().manual_seed(self.hparams.seed)
+        if subset is not None:  # the first `subset` images train; validation comes from the others
+            return torch.arange(subset), subset + torch.randperm(n - subset, generator=generator)[:n_val]
+        order = torch.randperm(n, generator=generator)
         return order[n_val:], order[:n_val]
 
     def _world(self) -> tuple[int, int]:

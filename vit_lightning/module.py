@@ -45,6 +45,7 @@ class ViTClassifier(LightningModule):
         pool: Literal["cls", "mean", "seq"] = "cls",
         pos_embedding: Literal["sincos", "learned"] = "sincos",
         tokenizer: Literal["patch", "conv"] = "patch",
+        stem_channels: int = 0,
         label_smoothing: float = 0.1,
         optimizer: OptimizerCallable | None = None,
         lr_schedule: Literal["warmup_cosine", "onecycle", "constant"] = "warmup_cosine",
@@ -60,7 +61,7 @@ class ViTClassifier(LightningModule):
         self.model = VisionTransformer(
             image_size=image_size, in_channels=in_channels, patch_size=patch_size, num_classes=num_classes,
             dim=dim, depth=depth, heads=heads, mlp_ratio=mlp_ratio, dropout=dropout, pool=pool,
-            pos_embedding=pos_embedding, tokenizer=tokenizer,
+            pos_embedding=pos_embedding, tokenizer=tokenizer, stem_channels=stem_channels,
         )
         if not 0.0 <= warmup_fraction < 1.0:
             raise SettingError(f"--model.warmup_fraction must be in [0, 1), got {warmup_fraction}")
