@@ -8,6 +8,7 @@ from vit_lightning.model import (
     ConvTokenizer,
     MultiHeadSelfAttention,
     SequencePooling,
+    TokenGridConv,
     VisionTransformer,
     ViTBlock,
     create_patches,
@@ -50,12 +51,13 @@ def test_attention_equals_naive_reference():
 
 
 @pytest.mark.parametrize("tokenizer, patch_size, stem_channels", [("patch", 7, 0), ("conv", 4, 0), ("conv", 4, 8)])
-@pytest.mark.parametrize("pool", ["cls", "mean", "seq"])
+@pytest.mark.parametrize("pool, conv_mlp", [("cls", False), ("mean", False), ("seq", False), ("seq", True)])
 @pytest.mark.parametrize("pos_embedding", ["sincos", "learned"])
-def test_forward_shapes_and_every_parameter_gets_a_gradient(tokenizer, patch_size, stem_channels, pool, pos_embedding):
+def test_forward_shapes_and_every_parameter_gets_a_gradient(tokenizer, patch_size, stem_channels, pool, conv_mlp,
+                                                            pos_embedding):
     torch.manual_seed(0)
     model = tiny_vit(tokenizer=tokenizer, patch_size=patch_size, stem_channels=stem_channels, pool=pool,
-                     pos_embedding=pos_embedding, dropout=0.1)
+                     conv_mlp=conv_mlp, pos_embedding=pos_embedding, dropout=0.1)
     with torch.no_grad():
         model.head.weight.normal_()  # the head starts at zero, which would stop gradients reaching the body
     logits = model(torch.randn(4, 1, 28, 28))
@@ -68,6 +70,25 @@ def test_forward_shapes_and_every_parameter_gets_a_gradient(tokenizer, patch_siz
 
 def test_block_keeps_shape():
     assert ViTBlock(dim=16, heads=2)(torch.randn(2, 9, 16)).shape == (2, 9, 16)
+    assert ViTBlock(dim=16, heads=2, conv_grid=3)(torch.randn(2, 9, 16)).shape == (2, 9, 16)
+
+
+def test_token_grid_conv_equals_a_naive_neighbourhood_sum():
+    """Token (r, c) of a row-major grid becomes the sum over its 3x3 neighbours (zero outside) of kernel x token."""
+    torch.manual_seed(0)
+    conv = TokenGridConv(channels=2, grid=3)
+    tokens = torch.randn(1, 9, 2)
+    weight, bias = conv.conv.weight[:, 0], conv.conv.bias  # [C, 3, 3], [C]
+    expected = torch.zeros(1, 9, 2)
+    for r in range(3):
+        for c in range(3):
+            total = bias.clone()
+            for dr in (-1, 0, 1):
+                for dc in (-1, 0, 1):
+                    if 0 <= r + dr < 3 and 0 <= c + dc < 3:
+                        total = total + weight[:, dr + 1, dc + 1] * tokens[0, (r + dr) * 3 + c + dc]
+            expected[0, r * 3 + c] = total
+    torch.testing.assert_close(conv(tokens), expected)
 
 
 def test_eval_is_deterministic_and_train_dropout_is_not():
@@ -100,6 +121,7 @@ def test_attention_rollout_is_a_distribution_over_the_patch_grid(pool):
         (dict(tokenizer="conv", patch_size=7), "power of two"),
         (dict(dropout=1.0), "dropout"),
         (dict(tokenizer="conv", patch_size=4, stem_channels=-1), "stem_channels"),
+        (dict(pool="cls", conv_mlp=True), "class token"),
     ],
 )
 def test_invalid_settings_raise_value_error(overrides, message):

@@ -148,17 +148,37 @@ class MultiHeadSelfAttention(nn.Module):
         return self._weights(q, k)
 
 
-class ViTBlock(nn.Module):
-    """Pre-norm transformer block: ``x + Attention(LN(x))`` then ``x + MLP(LN(x))``."""
+class TokenGridConv(nn.Module):
+    """A depthwise 3x3 convolution over tokens that form a ``grid`` x ``grid`` image: ``[B, N, C]`` -> ``[B, N, C]``."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0):
+    def __init__(self, channels: int, grid: int):
+        super().__init__()
+        self.grid = grid
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1, groups=channels)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        b, n, c = tokens.shape
+        image = tokens.transpose(1, 2).reshape(b, c, self.grid, self.grid)  # row-major tokens back to the grid
+        return self.conv(image).flatten(2).transpose(1, 2)
+
+
+class ViTBlock(nn.Module):
+    """Pre-norm transformer block: ``x + Attention(LN(x))`` then ``x + MLP(LN(x))``.
+
+    ``conv_grid`` > 0 (tokens on that square grid, no class token) puts a :class:`TokenGridConv` between the MLP's
+    first layer and its activation (PVTv2's convolutional feed-forward, Wang et al. 2022; LocalViT, Li et al. 2021):
+    each token mixes with its 8 neighbours, a locality that attention must otherwise learn from the data.
+    """
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0, conv_grid: int = 0):
         super().__init__()
         hidden = int(dim * mlp_ratio)
         self.norm1 = nn.LayerNorm(dim)
         self.attn = MultiHeadSelfAttention(dim, heads, dropout)
         self.norm2 = nn.LayerNorm(dim)
+        local = [TokenGridConv(hidden, conv_grid)] if conv_grid else []
         self.mlp = nn.Sequential(
-            nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim), nn.Dropout(dropout)
+            nn.Linear(dim, hidden), *local, nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim), nn.Dropout(dropout)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -172,6 +192,7 @@ class VisionTransformer(nn.Module):
     ``tokenizer``: ``patch`` (linear patch embedding) or ``conv`` (:class:`ConvTokenizer`, ``patch_size`` a power of
     two); either way the image becomes a ``(image_size / patch_size)``-square grid of tokens.
     ``stem_channels``: a full-resolution convolution before the conv tokenizer's strided ones (0: none).
+    ``conv_mlp``: a depthwise 3x3 convolution over the token grid inside every block's MLP (:class:`ViTBlock`).
     ``pool``: the class token (``cls``), the mean of the tokens (``mean``) or :class:`SequencePooling` (``seq``).
     """
 
@@ -190,6 +211,7 @@ class VisionTransformer(nn.Module):
         pos_embedding: Literal["sincos", "learned"] = "sincos",
         tokenizer: Literal["patch", "conv"] = "patch",
         stem_channels: int = 0,
+        conv_mlp: bool = False,
     ):
         super().__init__()
         counts = dict(image_size=image_size, in_channels=in_channels, patch_size=patch_size, num_classes=num_classes,
@@ -210,6 +232,9 @@ class VisionTransformer(nn.Module):
             raise SettingError(f"tokenizer must be 'patch' or 'conv', got {tokenizer!r}")
         if pos_embedding not in ("sincos", "learned"):
             raise SettingError(f"pos_embedding must be 'sincos' or 'learned', got {pos_embedding!r}")
+        if conv_mlp and pool == "cls":
+            raise SettingError("conv_mlp convolves the token grid, which a class token is not part of; "
+                               "use pool 'seq' or 'mean' with it")
         if not 0.0 <= dropout < 1.0:
             raise SettingError(f"dropout must be in [0, 1), got {dropout}")
         self.image_size = image_size
@@ -228,7 +253,8 @@ class VisionTransformer(nn.Module):
         else:
             self.register_buffer("pos_embedding", get_positional_embeddings(num_tokens, dim).unsqueeze(0))
         self.dropout = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(ViTBlock(dim, heads, mlp_ratio, dropout) for _ in range(depth))
+        conv_grid = self.grid_size if conv_mlp else 0
+        self.blocks = nn.ModuleList(ViTBlock(dim, heads, mlp_ratio, dropout, conv_grid) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
         self.sequence_pool = SequencePooling(dim) if pool == "seq" else None
         self.head = nn.Linear(dim, num_classes)

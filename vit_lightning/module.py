@@ -46,6 +46,7 @@ class ViTClassifier(LightningModule):
         pos_embedding: Literal["sincos", "learned"] = "sincos",
         tokenizer: Literal["patch", "conv"] = "patch",
         stem_channels: int = 0,
+        conv_mlp: bool = False,
         label_smoothing: float = 0.1,
         optimizer: OptimizerCallable | None = None,
         lr_schedule: Literal["warmup_cosine", "onecycle", "constant"] = "warmup_cosine",
@@ -62,6 +63,7 @@ class ViTClassifier(LightningModule):
             image_size=image_size, in_channels=in_channels, patch_size=patch_size, num_classes=num_classes,
             dim=dim, depth=depth, heads=heads, mlp_ratio=mlp_ratio, dropout=dropout, pool=pool,
             pos_embedding=pos_embedding, tokenizer=tokenizer, stem_channels=stem_channels,
+            conv_mlp=conv_mlp,
         )
         if not 0.0 <= warmup_fraction < 1.0:
             raise SettingError(f"--model.warmup_fraction must be in [0, 1), got {warmup_fraction}")
