@@ -178,3 +178,22 @@ def test_ckpt_path_best_is_found_in_a_copied_run_folder(data_root, tmp_path):
     main(["test", *tiny_args(data_root, copy), "--ckpt_path", "best"])
     assert len([row for row in read_metrics(copy) if row.get("test/acc")]) == 1
     assert not original.exists()
+
+
+@pytest.mark.slow  # a second of training
+def test_a_checkpoint_older_than_an_architecture_option_tests_and_resumes_as_trained(data_root, tmp_path, capsys):
+    """Options added since a checkpoint was written (conv_mlp, stem_channels) are absent from it: it is rebuilt with
+    the model's defaults (the architecture it had), not with today's default config (which turns conv_mlp on)."""
+    run_dir = tmp_path / "run"
+    conv = ("--model.tokenizer", "conv", "--model.pool", "seq", "--model.patch_size", "4", "--model.dim", "16")
+    main(["fit", *tiny_args(data_root, run_dir, *conv, "--model.conv_mlp", "false", "--trainer.max_epochs", "1")])
+    last = run_dir / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, map_location="cpu", weights_only=False)
+    for option in ("conv_mlp", "stem_channels"):
+        del checkpoint["hyper_parameters"][option]
+    torch.save(checkpoint, last)
+    assert yaml.safe_load(open("configs/default.yaml"))["model"]["conv_mlp"] is True
+    main(["test", *tiny_args(data_root, run_dir, *conv), "--ckpt_path", "last"])  # conv_mlp: not given
+    assert "test/acc" in capsys.readouterr().out
+    main(["fit", *tiny_args(data_root, run_dir, *conv, "--trainer.max_epochs", "2"), "--ckpt_path", "last"])
+    assert "Epoch 2/2" in capsys.readouterr().out

@@ -51,7 +51,8 @@ def test_attention_equals_naive_reference():
 
 
 @pytest.mark.parametrize("tokenizer, patch_size, stem_channels", [("patch", 7, 0), ("conv", 4, 0), ("conv", 4, 8)])
-@pytest.mark.parametrize("pool, conv_mlp", [("cls", False), ("mean", False), ("seq", False), ("seq", True)])
+@pytest.mark.parametrize("pool, conv_mlp", [("cls", False), ("mean", False), ("seq", False), ("seq", True),
+                                            ("cls", True)])
 @pytest.mark.parametrize("pos_embedding", ["sincos", "learned"])
 def test_forward_shapes_and_every_parameter_gets_a_gradient(tokenizer, patch_size, stem_channels, pool, conv_mlp,
                                                             pos_embedding):
@@ -89,6 +90,8 @@ def test_token_grid_conv_equals_a_naive_neighbourhood_sum():
                         total = total + weight[:, dr + 1, dc + 1] * tokens[0, (r + dr) * 3 + c + dc]
             expected[0, r * 3 + c] = total
     torch.testing.assert_close(conv(tokens), expected)
+    class_token = torch.randn(1, 1, 2)  # a token before the grid passes through
+    torch.testing.assert_close(conv(torch.cat([class_token, tokens], dim=1)), torch.cat([class_token, expected], 1))
 
 
 def test_eval_is_deterministic_and_train_dropout_is_not():
@@ -121,7 +124,6 @@ def test_attention_rollout_is_a_distribution_over_the_patch_grid(pool):
         (dict(tokenizer="conv", patch_size=7), "power of two"),
         (dict(dropout=1.0), "dropout"),
         (dict(tokenizer="conv", patch_size=4, stem_channels=-1), "stem_channels"),
-        (dict(pool="cls", conv_mlp=True), "class token"),
     ],
 )
 def test_invalid_settings_raise_value_error(overrides, message):

@@ -12,7 +12,8 @@ from vit_lightning.checkpoint import load_checkpoint
 from vit_lightning.errors import UserError
 from vit_lightning.model import VisionTransformer
 from vit_lightning.module import ViTClassifier
-from vit_lightning.pretrained import ARCHITECTURE, PretrainedViT, from_checkpoint, load_model_folder, save_model_folder
+from vit_lightning.model import ARCHITECTURE_DEFAULTS
+from vit_lightning.pretrained import PretrainedViT, from_checkpoint, load_model_folder, save_model_folder
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
@@ -34,7 +35,7 @@ def test_folder_gives_the_checkpoints_logits(exported, flags):
     config = json.loads((run.folder / "config.json").read_text())
     assert config["classes"] == list("0123456789") and config["dataset"] == "mnist"
     assert (config["mean"], config["std"]) == (MNIST_MEAN, MNIST_STD)
-    expected = {name: classifier.hparams.get(name, default) for name, default in ARCHITECTURE.items()}
+    expected = {name: classifier.hparams.get(name, default) for name, default in ARCHITECTURE_DEFAULTS.items()}
     assert config["architecture"] == expected and expected["dim"] == 16
 
 
@@ -73,7 +74,7 @@ def test_folder_loads_in_a_process_that_never_imports_lightning(exported):
 def test_unusable_folders_are_one_line_errors(tmp_path):
     with pytest.raises(UserError, match=r"^--model .*missing is not a model folder \(no config.json, model.safetensors\)"):
         load_model_folder(tmp_path / "missing")
-    model = PretrainedViT({**ARCHITECTURE, "dim": 16, "depth": 1, "heads": 2}, list("0123456789"), 0.5, 0.5)
+    model = PretrainedViT({**ARCHITECTURE_DEFAULTS, "dim": 16, "depth": 1, "heads": 2}, list("0123456789"), 0.5, 0.5)
     save_model_folder(model, tmp_path / "folder", "# card\n")
     assert (tmp_path / "folder" / "README.md").read_text() == "# card\n"  # the given card, not a generic one
     weights = tmp_path / "folder" / "model.safetensors"

@@ -26,7 +26,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from vit_lightning.errors import UserError
-from vit_lightning.model import OBSOLETE_PARAMETERS
+from vit_lightning.model import ARCHITECTURE_DEFAULTS, OBSOLETE_PARAMETERS
 
 LOG_DIR = "log_dir"  # the folder the run logged its metrics to, which a resumed fit continues
 LOGGER_VERSIONS = "logger_versions"  # {logger class name: its version}, e.g. the W&B run id a resumed fit continues
@@ -83,8 +83,11 @@ def load_checkpoint(path: Path) -> dict:
 
 
 def model_settings(checkpoint: dict) -> dict:
-    """The model's init arguments saved in ``checkpoint`` (its ``--model`` settings)."""
-    return {key: value for key, value in (checkpoint.get("hyper_parameters") or {}).items() if key != "_instantiator"}
+    """The model's init arguments saved in ``checkpoint`` (its ``--model`` settings). Architecture options newer
+    than the checkpoint take the model's defaults, which rebuild the architecture it was trained with (the
+    configs' defaults may have moved on)."""
+    saved = {key: value for key, value in (checkpoint.get("hyper_parameters") or {}).items() if key != "_instantiator"}
+    return {**ARCHITECTURE_DEFAULTS, **saved} if saved else {}
 
 
 def logger_version(checkpoint: dict, logger_name: str) -> str | None:

@@ -6,6 +6,7 @@ only here (export, the model folder and the demo import ``VisionTransformer`` al
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Literal
 
@@ -149,7 +150,10 @@ class MultiHeadSelfAttention(nn.Module):
 
 
 class TokenGridConv(nn.Module):
-    """A depthwise 3x3 convolution over tokens that form a ``grid`` x ``grid`` image: ``[B, N, C]`` -> ``[B, N, C]``."""
+    """A depthwise 3x3 convolution over the tokens that form a ``grid`` x ``grid`` image: ``[B, N, C]`` -> ``[B, N, C]``.
+
+    Tokens before the grid's (a class token) pass through unchanged, as in CeiT's locally-enhanced feed-forward.
+    """
 
     def __init__(self, channels: int, grid: int):
         super().__init__()
@@ -158,14 +162,15 @@ class TokenGridConv(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         b, n, c = tokens.shape
-        image = tokens.transpose(1, 2).reshape(b, c, self.grid, self.grid)  # row-major tokens back to the grid
-        return self.conv(image).flatten(2).transpose(1, 2)
+        extra, grid_tokens = tokens.split([n - self.grid**2, self.grid**2], dim=1)
+        image = grid_tokens.transpose(1, 2).reshape(b, c, self.grid, self.grid)  # row-major tokens back to the grid
+        return torch.cat([extra, self.conv(image).flatten(2).transpose(1, 2)], dim=1)
 
 
 class ViTBlock(nn.Module):
     """Pre-norm transformer block: ``x + Attention(LN(x))`` then ``x + MLP(LN(x))``.
 
-    ``conv_grid`` > 0 (tokens on that square grid, no class token) puts a :class:`TokenGridConv` between the MLP's
+    ``conv_grid`` > 0 (tokens on that square grid, after a class token if any) puts a :class:`TokenGridConv` between the MLP's
     first layer and its activation (PVTv2's convolutional feed-forward, Wang et al. 2022; LocalViT, Li et al. 2021):
     each token mixes with its 8 neighbours, a locality that attention must otherwise learn from the data.
     """
@@ -232,9 +237,6 @@ class VisionTransformer(nn.Module):
             raise SettingError(f"tokenizer must be 'patch' or 'conv', got {tokenizer!r}")
         if pos_embedding not in ("sincos", "learned"):
             raise SettingError(f"pos_embedding must be 'sincos' or 'learned', got {pos_embedding!r}")
-        if conv_mlp and pool == "cls":
-            raise SettingError("conv_mlp convolves the token grid, which a class token is not part of; "
-                               "use pool 'seq' or 'mean' with it")
         if not 0.0 <= dropout < 1.0:
             raise SettingError(f"dropout must be in [0, 1), got {dropout}")
         self.image_size = image_size
@@ -253,8 +255,10 @@ class VisionTransformer(nn.Module):
         else:
             self.register_buffer("pos_embedding", get_positional_embeddings(num_tokens, dim).unsqueeze(0))
         self.dropout = nn.Dropout(dropout)
-        conv_grid = self.grid_size if conv_mlp else 0
-        self.blocks = nn.ModuleList(ViTBlock(dim, heads, mlp_ratio, dropout, conv_grid) for _ in range(depth))
+        conv_grids = [self.grid_size if conv_mlp else 0] * depth
+        if pool == "cls":  # the last block's grid tokens never reach the head: a convolution there could not learn
+            conv_grids[-1] = 0
+        self.blocks = nn.ModuleList(ViTBlock(dim, heads, mlp_ratio, dropout, grid) for grid in conv_grids)
         self.norm = nn.LayerNorm(dim)
         self.sequence_pool = SequencePooling(dim) if pool == "seq" else None
         self.head = nn.Linear(dim, num_classes)
@@ -329,6 +333,12 @@ class VisionTransformer(nn.Module):
             relevance = rollout.mean(dim=1)
         relevance = relevance / relevance.sum(dim=-1, keepdim=True)
         return relevance.reshape(-1, self.grid_size, self.grid_size)
+
+
+# Every architecture setting with its default. An option added later defaults to the architecture that came before
+# it, so a checkpoint that lacks it is rebuilt as it was trained.
+ARCHITECTURE_DEFAULTS = {name: parameter.default
+                         for name, parameter in inspect.signature(VisionTransformer).parameters.items()}
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -5,7 +5,6 @@ not Lightning: this module imports nothing of the training code at load time."""
 from __future__ import annotations
 
 import contextlib
-import inspect
 import io
 from pathlib import Path
 
@@ -15,9 +14,8 @@ from torch import nn
 
 from vit_lightning.datasets import DATASETS
 from vit_lightning.errors import UserError
-from vit_lightning.model import VisionTransformer
+from vit_lightning.model import ARCHITECTURE_DEFAULTS, VisionTransformer
 
-ARCHITECTURE = {name: parameter.default for name, parameter in inspect.signature(VisionTransformer).parameters.items()}
 FOLDER_FILES = ("config.json", "model.safetensors")
 
 
@@ -40,7 +38,7 @@ class PretrainedViT(
     def __init__(self, architecture: dict, classes: list[str], mean: float, std: float, dataset: str = ""):
         super().__init__()
         self.model = VisionTransformer(**architecture)
-        self.architecture = {**ARCHITECTURE, **architecture}
+        self.architecture = {**ARCHITECTURE_DEFAULTS, **architecture}
         self.classes = list(classes)
         self.mean, self.std, self.dataset = float(mean), float(std), dataset
         self.eval()
@@ -70,7 +68,7 @@ def from_checkpoint(checkpoint: dict, path: str | Path, dataset: str | None = No
         raise UserError(f"--ckpt_path {path} does not say which dataset it was trained on ({dataset!r}); "
                         f"pass --dataset ({', '.join(DATASETS)})")
     info = DATASETS[dataset]
-    architecture = {name: hyper_parameters.get(name, default) for name, default in ARCHITECTURE.items()}
+    architecture = {name: hyper_parameters.get(name, default) for name, default in ARCHITECTURE_DEFAULTS.items()}
     model = PretrainedViT(architecture, list(info.classes), info.mean, info.std, dataset)
     try:
         model.load_state_dict(checkpoint["state_dict"], strict=True)
