@@ -12,9 +12,9 @@ import yaml
 from PIL import Image
 
 from support import read_metrics, tiny_args, user_error
-from vit_lightning.cli import ViTCLI, main
-from vit_lightning.datasets import DATASETS
-from vit_lightning.module import ViTClassifier
+from vit_lightning.training.cli import ViTCLI, main
+from vit_lightning.data.datasets import DATASETS
+from vit_lightning.training.module import ViTClassifier
 
 
 def test_the_model_takes_its_input_and_classes_from_the_dataset(tmp_path, monkeypatch, capsys):

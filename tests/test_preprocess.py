@@ -7,9 +7,9 @@ import torch
 from PIL import Image
 
 from support import PATCH_CLS, make_split
-from vit_lightning.cli import main
-from vit_lightning.preprocess import load_images
-from vit_lightning.preprocess import has_light_background, prepare_image
+from vit_lightning.training.cli import main
+from vit_lightning.data.preprocess import load_images
+from vit_lightning.data.preprocess import has_light_background, prepare_image
 
 
 def test_light_background_is_inverted_back_to_the_original_and_dark_ones_are_kept():

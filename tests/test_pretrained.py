@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from support import CONV_SEQ, PATCH_CLS, REPO
-from vit_lightning.checkpoint import load_checkpoint
+from vit_lightning.serving.checkpoints import load_checkpoint
 from vit_lightning.errors import UserError
 from vit_lightning.model import VisionTransformer
-from vit_lightning.module import ViTClassifier
-from vit_lightning.pretrained import ARCHITECTURE, PretrainedViT, from_checkpoint, load_model_folder, save_model_folder
+from vit_lightning.training.module import ViTClassifier
+from vit_lightning.architecture import ARCHITECTURE
+from vit_lightning.serving.model_folder import PretrainedViT, from_checkpoint, load_model_folder, save_model_folder
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
@@ -56,7 +57,7 @@ def test_folder_loads_in_a_process_that_never_imports_lightning(exported):
     run = exported(*CONV_SEQ)
     code = (
         "import json, sys, torch\n"
-        "from vit_lightning.pretrained import load_model_folder\n"
+        "from vit_lightning.serving.model_folder import load_model_folder\n"
         f"model = load_model_folder({str(run.folder)!r})\n"
         "images = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(0))\n"
         "with torch.no_grad(): print(json.dumps(model(images).tolist()))\n"

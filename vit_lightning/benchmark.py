@@ -21,13 +21,14 @@ import torch
 from lightning.pytorch import Callback, Trainer
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-from vit_lightning.library_noise import silence_library_noise
-from vit_lightning.cli import ViTCLI
-from vit_lightning.data import MNISTDataModule
-from vit_lightning.idx import SPLIT_FILES, write_idx
+from vit_lightning.data.idx import SPLIT_FILES, write_idx
 from vit_lightning.errors import exit_on_user_error
-from vit_lightning.module import ViTClassifier
-from vit_lightning.presets import preset_file
+from vit_lightning.serving.checkpoints import saved_settings
+from vit_lightning.training.cli import ViTCLI
+from vit_lightning.training.compat import silence_library_noise
+from vit_lightning.training.datamodule import MNISTDataModule
+from vit_lightning.training.module import ViTClassifier
+from vit_lightning.training.presets import preset_file
 
 def configured(preset: str, root: Path, batch_size: int, compile: bool) -> tuple[ViTClassifier, MNISTDataModule]:
     """The preset's LightningModule and data module, built by the training CLI's own parser (``configs/default.yaml``,
@@ -215,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
         memory = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB (process peak RSS)"
     parameters = sum(p.numel() for p in model.parameters())
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    settings = {key: value for key, value in module.hparams.items() if key != "_instantiator"}
+    settings = saved_settings(module.hparams)
     print(f"preset {args.preset}: {parameters / 1e6:.2f}M parameters, {settings}")
     print(f"device {name}, precision {args.precision}, batch {args.batch_size}, {args.steps} timed steps"
           f" after {args.warmup} warm-up{', compiled' if args.compile else ''}")

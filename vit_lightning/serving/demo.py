@@ -2,7 +2,7 @@
 browser (Gradio) showing the model's top-3 classes and its attention rollout as you draw or upload an image.
 
 Local only by default (``--host 127.0.0.1``), no network needed. Images go through the same preprocessing as
-``predict`` (:func:`vit_lightning.preprocess.prepare_image`), light backgrounds inverted unless ``--auto_invert false``.
+``predict`` (:func:`vit_lightning.data.preprocess.prepare_image`), light backgrounds inverted unless ``--auto_invert false``.
 """
 
 from __future__ import annotations
@@ -15,9 +15,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vit_lightning.data.datasets import unit_range
 from vit_lightning.errors import UserError, exit_on_user_error
-from vit_lightning.pretrained import PretrainedViT, load_model_folder
-from vit_lightning.preprocess import prepare_image
+from vit_lightning.outputs import RunFolder
+from vit_lightning.serving.checkpoints import load_checkpoint, resolve_checkpoint
+from vit_lightning.serving.model_folder import PretrainedViT, from_checkpoint, load_model_folder
+from vit_lightning.data.preprocess import prepare_image
 
 DISPLAY_SIZE = 224  # pixels of the attention picture
 
@@ -38,7 +41,7 @@ class Predictor:
         pixels = prepare_image(image, self.size, auto_invert)
         if pixels.min() == pixels.max():  # an empty canvas (or a blank image): nothing to classify
             return None, None
-        images = pixels[None, None].float() / 255.0
+        images = unit_range(pixels)
         with torch.inference_mode():
             probabilities = self.model(images).softmax(-1)[0]
             rollout = self.model.attention_rollout(images)[0]
@@ -52,7 +55,7 @@ def rollout_picture(pixels: torch.Tensor, rollout: torch.Tensor) -> np.ndarray:
     heat = torch.nn.functional.interpolate(rollout[None, None], size=pixels.shape, mode="bilinear")[0, 0]
     heat = (heat / heat.max()).numpy()
     colours = matplotlib.colormaps["inferno"](heat)[..., :3]
-    grey = (pixels.float() / 255.0).numpy()[..., None]
+    grey = unit_range(pixels)[0, 0].numpy()[..., None]
     blend = (0.45 * grey + 0.55 * colours) * 255
     picture = Image.fromarray(blend.clip(0, 255).astype(np.uint8))
     return np.asarray(picture.resize((DISPLAY_SIZE, DISPLAY_SIZE), Image.Resampling.NEAREST))
@@ -87,10 +90,7 @@ def load_model(args: argparse.Namespace) -> tuple[PretrainedViT, str]:
     """The model of ``--model DIR`` or ``--ckpt_path``, and a line naming it."""
     if args.model is not None:
         return load_model_folder(args.model), str(args.model)
-    from vit_lightning.checkpoint import load_checkpoint, resolve_checkpoint  # Lightning: only for checkpoints
-    from vit_lightning.pretrained import from_checkpoint
-
-    path = Path(resolve_checkpoint(args.ckpt_path, args.run_dir / "checkpoints", fit=False))
+    path = Path(resolve_checkpoint(args.ckpt_path, RunFolder(args.run_dir).checkpoints, fit=False))
     return from_checkpoint(load_checkpoint(path), path), str(path)
 
 
