@@ -1,6 +1,6 @@
 """Train, evaluate and predict with the Vision Transformer: ``python train.py fit|validate|test|predict --help``."""
 
-from vit_lightning.cli import main
+from vit_lightning.training.cli import main
 
 if __name__ == "__main__":
     main()

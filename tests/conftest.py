@@ -35,7 +35,7 @@ def exported(tmp_path_factory):
     import io
     from types import SimpleNamespace
 
-    from vit_lightning.cli import main as train
+    from vit_lightning.training.cli import main as train
     from vit_lightning.export import main as export
 
     cache = {}

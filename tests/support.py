@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from vit_lightning.idx import SPLIT_FILES, write_idx
+from vit_lightning.data.idx import SPLIT_FILES, write_idx
 
 REPO = Path(__file__).resolve().parent.parent
 TESTS = REPO / "tests"
@@ -77,7 +77,7 @@ def read_metrics(run_dir: Path, name: str | None = None) -> list[dict]:
 def user_error(capsys, *args: str) -> str:
     """Run the CLI (``train.py ARGS``) in this process, expect the one-line ``error: ...`` of a user mistake, exit
     status 1 and nothing else on stderr; return that line."""
-    from vit_lightning.cli import main
+    from vit_lightning.training.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(list(args))

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from support import tiny_args
-from vit_lightning.cli import ViTCLI, main
+from vit_lightning.training.cli import ViTCLI, main
 
 
 @pytest.mark.slow  # several seconds of training

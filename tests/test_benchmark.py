@@ -1,6 +1,6 @@
-"""The benchmark is not a test of speed: this only checks that it runs and reports every figure."""
+"""The benchmark is not a test of speed: this only checks that it runs and reports every figure, as JSON too."""
 
-import re
+import json
 
 import pytest
 
@@ -11,15 +11,23 @@ from vit_lightning.errors import exit_on_user_error
 @pytest.mark.slow  # several seconds of training
 def test_benchmark_runs_on_a_tiny_configuration(capsys, tmp_path):
     main(["--preset", "quick", "--device", "cpu", "--batch-size", "16", "--steps", "2", "--warmup", "1",
-          "--peak-size", "128"])
+          "--peak-size", "128", "--results-file", str(tmp_path / "out.json")])
+    results = json.loads((tmp_path / "out.json").read_text())
+    assert (results["preset"], results["batch_size"], results["steps"], results["precision"]) == ("quick", 16, 2, "32-true")
+    rates = results["train_images_per_sec"]
+    assert rates["lightning"] > 0 and rates["plain"] > 0
+    assert results["lightning_over_plain"] == pytest.approx(rates["lightning"] / rates["plain"])
+    peaks = results["matmul_peak_flops"]
+    assert peaks["32-true"] > 0 and peaks["bf16-mixed"] > 0
+    assert results["mfu"] == pytest.approx(rates["lightning"] * results["train_flops_per_image"] / peaks["32-true"])
+    assert 0 <= results["data_share"] < 1 and results["inference_images_per_sec"] > 0 and results["peak_memory_mib"] > 0
+    by_precision = results["plain_images_per_sec_by_precision"]
+    assert results["faster_precision"] == max(by_precision, key=by_precision.get)
+    # the printed report says the same
     out = capsys.readouterr().out
-    for label in ("Lightning Trainer", "plain PyTorch loop", "Lightning / plain ratio", "FLOPs per image",
-                  "matmul peak", "MFU", "data pipeline share", "inference images/s", "peak memory", "fp32 / bf16"):
-        line = next(line for line in out.splitlines() if label in line)
-        assert re.search(r"\d", line.split(":", 1)[1]), line
-    advice = next(line for line in out.splitlines() if line.startswith("plain-loop images/s, 32-true / bf16-mixed"))
-    assert re.search(r"(32-true|bf16-mixed) is [\d.]+x faster .*--trainer.precision (32-true|bf16-mixed)$", advice)
-    flops = float(re.search(r"FLOPs per image.*?([\d.]+) MFLOP", out).group(1))
+    assert f"training images/s, Lightning Trainer : {rates['lightning']:10.0f}" in out
+    assert out.rstrip().endswith(f"--trainer.precision {results['faster_precision']}")
+    flops = results["train_flops_per_image"] / 1e6
     # By hand: the matmuls of the blocks (QKV, projection, MLP, attention's two products) and of the conv
     # tokenizer's two stride-2 convolutions, forward and backward (3x; 2x for the first convolution, whose
     # input needs no gradient).

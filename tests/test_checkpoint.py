@@ -10,7 +10,8 @@ import pytest
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from vit_lightning.checkpoint import AtomicCheckpointIO, resolve_checkpoint
+from vit_lightning.serving.checkpoints import resolve_checkpoint
+from vit_lightning.training.checkpointing import AtomicCheckpointIO
 
 
 def test_failed_save_leaves_the_previous_last_checkpoint_intact(tmp_path):

@@ -12,9 +12,16 @@ import yaml
 from PIL import Image
 
 from support import read_metrics, tiny_args, user_error
-from vit_lightning.cli import ViTCLI, main
-from vit_lightning.datasets import DATASETS
-from vit_lightning.module import ViTClassifier
+from vit_lightning.training.cli import ViTCLI, main
+from vit_lightning.data.datasets import DATASETS, normalize, unit_range
+from vit_lightning.data.idx import find_idx_files, load_split
+from vit_lightning.data.preprocess import prepare_image
+from vit_lightning.training.module import ViTClassifier
+
+
+def mnist_input(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 images as the model takes them (MNIST's normalisation)."""
+    return normalize(unit_range(pixels), DATASETS["mnist"].mean, DATASETS["mnist"].std)
 
 
 def test_the_model_takes_its_input_and_classes_from_the_dataset(tmp_path, monkeypatch, capsys):
@@ -72,7 +79,12 @@ def test_fit_test_predict_through_the_cli(data_root, tmp_path, capsys):
     test_rows = read_metrics(run_dir, "test/acc")
     assert [(int(row["epoch"]), int(row["step"])) for row in test_rows] == [
         (checkpoint["epoch"], checkpoint["global_step"]) for checkpoint in tested]
-    assert all(0.0 <= float(row["test/acc"]) <= 1.0 for row in test_rows)
+    images, labels = load_split(find_idx_files(data_root, "mnist"), "test")
+    for row, path in zip(test_rows, (best[0], checkpoints / "last.ckpt")):  # each the accuracy of its own checkpoint
+        model = ViTClassifier.load_from_checkpoint(path, map_location="cpu").eval()
+        with torch.no_grad():
+            right = (model(mnist_input(images)).argmax(-1) == labels).sum().item()
+        assert float(row["test/acc"]) == pytest.approx(right / len(labels), abs=1e-6)
     assert len(list(run_dir.glob("logs/test/pictures/test_confusion_matrix_epoch*.png"))) == 1
 
     images = tmp_path / "images"
@@ -87,7 +99,12 @@ def test_fit_test_predict_through_the_cli(data_root, tmp_path, capsys):
     assert "gray128.png" in capsys.readouterr().out
     rows = list(csv.DictReader(output.open()))
     assert [row["file"] for row in rows] == ["gray0.png", "gray128.png", "gray255.png"]
-    assert all(0.0 < float(row["confidence"]) <= 1.0 and row["class"] in "0123456789" for row in rows)
+    model = ViTClassifier.load_from_checkpoint(checkpoints / "last.ckpt", map_location="cpu").eval()
+    pixels = torch.stack([prepare_image(Image.new("L", (28, 28), value), 28) for value in (0, 128, 255)])
+    with torch.no_grad():
+        probabilities = model(mnist_input(pixels)).softmax(-1)
+    assert [row["class"] for row in rows] == [DATASETS["mnist"].classes[i] for i in probabilities.argmax(-1)]
+    assert [float(row["confidence"]) for row in rows] == pytest.approx(probabilities.max(-1).values.tolist(), abs=1e-6)
     # Evaluations add no log folders; predict logs nothing.
     assert sorted(path.name for path in run_dir.iterdir()) == ["checkpoints", "logs"]
     assert sorted(path.name for path in (run_dir / "logs").iterdir()) == ["test", "version_0"]

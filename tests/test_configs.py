@@ -5,8 +5,8 @@ import logging
 import pytest
 
 from support import read_metrics, tiny_args
-from vit_lightning.cli import main
-from vit_lightning.presets import preset_file
+from vit_lightning.training.cli import main
+from vit_lightning.training.presets import preset_file
 
 
 def test_early_stopping_config_stops_a_run_that_stopped_improving(data_root, tmp_path, capsys):

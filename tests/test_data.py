@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from support import write_dataset
-from vit_lightning.augment import RandomAffine
-from vit_lightning.data import MNISTDataModule, shard_sampler
-from vit_lightning.datasets import DATASETS
-from vit_lightning.idx import find_idx_files, load_split, read_idx, write_idx
-from vit_lightning.preprocess import load_images
+from vit_lightning.data.augment import RandomAffine
+from vit_lightning.training.datamodule import MNISTDataModule, shard_sampler
+from vit_lightning.data.datasets import DATASETS
+from vit_lightning.data.idx import find_idx_files, load_split, read_idx, write_idx
+from vit_lightning.data.preprocess import load_images
 from vit_lightning.errors import UserError
 
 

@@ -10,6 +10,9 @@ import pytest
 import torch
 
 from support import REPO, TESTS, read_metrics, run_train, tiny_args, write_dataset
+from vit_lightning.data.datasets import DATASETS, normalize, unit_range
+from vit_lightning.data.idx import find_idx_files, load_split
+from vit_lightning.training.module import ViTClassifier
 
 pytestmark = pytest.mark.slow  # every test here starts train.py processes
 
@@ -80,8 +83,15 @@ def test_test_accuracy_is_identical_on_one_and_two_processes(ddp_run, tmp_path):
         results[name] = (float(row["test/acc"]), float(row["test/loss"]))
     assert results["one"][0] == pytest.approx(results["two"][0], abs=1e-6)
     assert results["one"][1] == pytest.approx(results["two"][1], abs=1e-5)
-    # The accuracy is a whole number of the 101 images right, which a padded or dropped sample would break.
-    assert round(results["one"][0] * 101, 4) == round(results["one"][0] * 101)
+    # Both are the checkpoint's own count of right answers out of 101, computed here; a padded (repeated) or
+    # dropped sample changes the fraction unless none or all are right, which the count rules out.
+    images, labels = load_split(find_idx_files(data_root, "mnist"), "test")
+    model = ViTClassifier.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+    info = DATASETS["mnist"]
+    with torch.no_grad():
+        right = (model(normalize(unit_range(images), info.mean, info.std)).argmax(-1) == labels).sum().item()
+    assert len(labels) == 101 and 0 < right < 101
+    assert results["two"][0] == pytest.approx(right / 101, abs=1e-6)
 
 
 def test_ddp_predict_gathers_every_image_once(ddp_run, tmp_path):

@@ -14,10 +14,10 @@ import torch
 from PIL import Image
 
 from support import PATCH_CLS, REPO, make_split
-from vit_lightning.cli import main as train_cli
-from vit_lightning.demo import DISPLAY_SIZE, Predictor, main
+from vit_lightning.training.cli import main as train_cli
+from vit_lightning.serving.demo import DISPLAY_SIZE, Predictor, main
 from vit_lightning.errors import exit_on_user_error
-from vit_lightning.pretrained import load_model_folder
+from vit_lightning.serving.model_folder import load_model_folder
 
 CHROMIUM = shutil.which("chromium")
 

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from support import REPO, tiny_args, user_error, write_dataset
-from vit_lightning.cli import main
-from vit_lightning.idx import read_idx, write_idx
+from vit_lightning.training.cli import main
+from vit_lightning.data.idx import read_idx, write_idx
 from vit_lightning.errors import UserError
 
 

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from support import CONV_SEQ, PATCH_CLS, REPO
-from vit_lightning.idx import find_idx_files, load_split
+from vit_lightning.data.idx import find_idx_files, load_split
 from vit_lightning.errors import exit_on_user_error
 from vit_lightning.export import main
-from vit_lightning.module import ViTClassifier
-from vit_lightning.pretrained import PretrainedViT
+from vit_lightning.training.module import ViTClassifier
+from vit_lightning.serving.model_folder import PretrainedViT
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 

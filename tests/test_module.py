@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import Trainer
 
-from vit_lightning.data import MNISTDataModule
-from vit_lightning.module import ViTClassifier, _one_cycle, _warmup_cosine
+from vit_lightning.training.datamodule import MNISTDataModule
+from vit_lightning.training.module import ViTClassifier, _one_cycle, _warmup_cosine
 
 TINY = dict(patch_size=7, dim=16, depth=1, heads=2)
 

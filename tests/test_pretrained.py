@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from support import CONV_SEQ, PATCH_CLS, REPO
-from vit_lightning.checkpoint import load_checkpoint
+from vit_lightning.serving.checkpoints import load_checkpoint
 from vit_lightning.errors import UserError
 from vit_lightning.model import VisionTransformer
-from vit_lightning.module import ViTClassifier
-from vit_lightning.model import ARCHITECTURE_DEFAULTS
-from vit_lightning.pretrained import PretrainedViT, from_checkpoint, load_model_folder, save_model_folder
+from vit_lightning.training.module import ViTClassifier
+from vit_lightning.architecture import ARCHITECTURE
+from vit_lightning.serving.model_folder import PretrainedViT, from_checkpoint, load_model_folder, save_model_folder
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
@@ -35,7 +35,7 @@ def test_folder_gives_the_checkpoints_logits(exported, flags):
     config = json.loads((run.folder / "config.json").read_text())
     assert config["classes"] == list("0123456789") and config["dataset"] == "mnist"
     assert (config["mean"], config["std"]) == (MNIST_MEAN, MNIST_STD)
-    expected = {name: classifier.hparams.get(name, default) for name, default in ARCHITECTURE_DEFAULTS.items()}
+    expected = {name: classifier.hparams.get(name, default) for name, default in ARCHITECTURE.items()}
     assert config["architecture"] == expected and expected["dim"] == 16
 
 
@@ -57,7 +57,7 @@ def test_folder_loads_in_a_process_that_never_imports_lightning(exported):
     run = exported(*CONV_SEQ)
     code = (
         "import json, sys, torch\n"
-        "from vit_lightning.pretrained import load_model_folder\n"
+        "from vit_lightning.serving.model_folder import load_model_folder\n"
         f"model = load_model_folder({str(run.folder)!r})\n"
         "images = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(0))\n"
         "with torch.no_grad(): print(json.dumps(model(images).tolist()))\n"
@@ -74,7 +74,7 @@ def test_folder_loads_in_a_process_that_never_imports_lightning(exported):
 def test_unusable_folders_are_one_line_errors(tmp_path):
     with pytest.raises(UserError, match=r"^--model .*missing is not a model folder \(no config.json, model.safetensors\)"):
         load_model_folder(tmp_path / "missing")
-    model = PretrainedViT({**ARCHITECTURE_DEFAULTS, "dim": 16, "depth": 1, "heads": 2}, list("0123456789"), 0.5, 0.5)
+    model = PretrainedViT({**ARCHITECTURE, "dim": 16, "depth": 1, "heads": 2}, list("0123456789"), 0.5, 0.5)
     save_model_folder(model, tmp_path / "folder", "# card\n")
     assert (tmp_path / "folder" / "README.md").read_text() == "# card\n"  # the given card, not a generic one
     weights = tmp_path / "folder" / "model.safetensors"

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from support import REPO, TESTS, tiny_args
-from vit_lightning.cli import main
+from vit_lightning.training.cli import main
 
 pytestmark = pytest.mark.slow  # interrupted, killed and resumed runs: mostly train.py processes
 

@@ -13,7 +13,7 @@ import yaml
 from wandb.proto import wandb_internal_pb2
 
 from support import REPO, run_train, tiny_args, write_dataset
-from vit_lightning.module import ViTClassifier
+from vit_lightning.training.module import ViTClassifier
 
 pytestmark = pytest.mark.slow  # every test here starts train.py processes
 
@@ -197,7 +197,7 @@ def test_credentials_are_only_required_online(tmp_path, monkeypatch, server):
     from jsonargparse import Namespace
 
     from vit_lightning.errors import UserError
-    from vit_lightning.tracking import prepare_wandb
+    from vit_lightning.training.tracking import prepare_wandb
 
     monkeypatch.setenv("HOME", str(tmp_path))
     for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_DIR", "WANDB_PROJECT"):

@@ -1,4 +1,4 @@
-"""Training speed on the current device: ``python -m vit_lightning.benchmark --preset quick``.
+"""Training speed on the current device: ``python -m vit_lightning.benchmark --preset quick [--results-file out.json]``.
 
 Prints, for one model preset (a config in ``configs/``): training images/s through the real Lightning Trainer
 and through a plain PyTorch loop over the same model, batches and augmentation (their ratio is Lightning's
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import json
 import resource
 import tempfile
 import time
@@ -21,13 +22,15 @@ import torch
 from lightning.pytorch import Callback, Trainer
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-from vit_lightning.library_noise import silence_library_noise
-from vit_lightning.cli import ViTCLI
-from vit_lightning.data import MNISTDataModule
-from vit_lightning.idx import SPLIT_FILES, write_idx
+from vit_lightning.data.idx import SPLIT_FILES, write_idx
 from vit_lightning.errors import exit_on_user_error
-from vit_lightning.module import ViTClassifier
-from vit_lightning.presets import preset_file
+from vit_lightning.outputs import atomic_write
+from vit_lightning.serving.checkpoints import saved_settings
+from vit_lightning.training.cli import ViTCLI
+from vit_lightning.training.compat import silence_library_noise
+from vit_lightning.training.datamodule import MNISTDataModule
+from vit_lightning.training.module import ViTClassifier
+from vit_lightning.training.presets import preset_file
 
 def configured(preset: str, root: Path, batch_size: int, compile: bool) -> tuple[ViTClassifier, MNISTDataModule]:
     """The preset's LightningModule and data module, built by the training CLI's own parser (``configs/default.yaml``,
@@ -159,6 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--peak-size", type=int, default=2048, help="largest matrix size for the matmul peak")
+    parser.add_argument("--results-file", type=Path, help="also write every figure to this JSON file (timm's convention)")
     args = parser.parse_args(argv)
     silence_library_noise()
     device = torch.device(args.device)
@@ -210,12 +214,13 @@ def main(argv: list[str] | None = None) -> None:
              for precision in dict.fromkeys(("32-true", "bf16-mixed", args.precision))}
     peak = peaks[args.precision]
     if device.type == "cuda":
-        memory = f"{torch.cuda.max_memory_allocated() / 2**20:.0f} MiB GPU (max allocated)"
+        memory_mib, memory_kind = torch.cuda.max_memory_allocated() / 2**20, "GPU (max allocated)"
     else:
-        memory = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB (process peak RSS)"
+        memory_mib, memory_kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10, "(process peak RSS)"
+    memory = f"{memory_mib:.0f} MiB {memory_kind}"
     parameters = sum(p.numel() for p in model.parameters())
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    settings = {key: value for key, value in module.hparams.items() if key != "_instantiator"}
+    settings = saved_settings(module.hparams)
     print(f"preset {args.preset}: {parameters / 1e6:.2f}M parameters, {settings}")
     print(f"device {name}, precision {args.precision}, batch {args.batch_size}, {args.steps} timed steps"
           f" after {args.warmup} warm-up{', compiled' if args.compile else ''}")
@@ -231,6 +236,18 @@ def main(argv: list[str] | None = None) -> None:
     print(f"matmul peaks, fp32 / bf16             : {peaks['32-true'] / 1e9:.1f} / {peaks['bf16-mixed'] / 1e9:.1f} GFLOP/s")
     rates = {args.precision: plain_rate, other: other_rate}
     faster = max(rates, key=rates.get)
+    if args.results_file:
+        results = {
+            "preset": args.preset, "settings": settings, "parameters": parameters, "device": name,
+            "precision": args.precision, "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup,
+            "compile": args.compile, "train_images_per_sec": {"lightning": lightning_rate, "plain": plain_rate},
+            "lightning_over_plain": lightning_rate / plain_rate, "train_flops_per_image": flops_per_image,
+            "matmul_peak_flops": peaks, "mfu": lightning_rate * flops_per_image / peak, "data_share": data_share,
+            "inference_images_per_sec": inference_rate, "peak_memory_mib": memory_mib,
+            "plain_images_per_sec_by_precision": rates, "faster_precision": faster,
+        }
+        with atomic_write(args.results_file) as temporary:
+            temporary.write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(f"plain-loop images/s, {args.precision} / {other}: {plain_rate:.0f} / {other_rate:.0f}: {faster} is "
           f"{max(rates.values()) / min(rates.values()):.1f}x faster for this preset here: "
           f"python train.py fit --config {preset_file(args.preset)} --trainer.precision {faster}")

@@ -6,7 +6,6 @@ only here (export, the model folder and the demo import ``VisionTransformer`` al
 
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Literal
 
@@ -333,12 +332,6 @@ class VisionTransformer(nn.Module):
             relevance = rollout.mean(dim=1)
         relevance = relevance / relevance.sum(dim=-1, keepdim=True)
         return relevance.reshape(-1, self.grid_size, self.grid_size)
-
-
-# Every architecture setting with its default. An option added later defaults to the architecture that came before
-# it, so a checkpoint that lacks it is rebuilt as it was trained.
-ARCHITECTURE_DEFAULTS = {name: parameter.default
-                         for name, parameter in inspect.signature(VisionTransformer).parameters.items()}
 
 
 def _init_weights(module: nn.Module) -> None:

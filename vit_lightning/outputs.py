@@ -1,17 +1,68 @@
-"""Where a run writes: folders checked before anything runs, and one line when a write fails anyway (a full disk, a
-location that is not writable)."""
+"""Where a run writes: the run folder's layout, folders checked before anything runs, files replaced atomically, and
+one line when a write fails anyway (a full disk, a location that is not writable). No Lightning: training writes
+the run folder, export and the demo read it."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from vit_lightning.errors import UserError
 
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+LAST_CHECKPOINT = "last.ckpt"  # in any checkpoint folder (--checkpoint.dirpath), refreshed at every save point
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """Everything a run writes is under its root, ``--trainer.default_root_dir``:
+
+    ``checkpoints/`` (best by ``val/acc`` and ``last.ckpt``; ``--checkpoint.dirpath`` may move it), ``logs/``
+    (``version_N/`` of each fit, ``validate/`` and ``test/``: a ``metrics.csv`` and the ``config.yaml``) and, while a
+    fit runs, ``fit.lock``.
+    """
+
+    root: Path
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def last(self) -> Path:
+        return self.checkpoints / LAST_CHECKPOINT
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "fit.lock"
+
+    @classmethod
+    def of_checkpoint(cls, path: Path) -> RunFolder:
+        """The run folder a checkpoint in its ``checkpoints/`` belongs to."""
+        return cls(path.parent.parent)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path) -> Iterator[Path]:
+    """Yield ``NAME.tmp`` beside ``path`` to write; when the block ends it is renamed onto ``path`` (readers see the
+    old file or the new one, never half of one), when the block raises it is removed and ``path`` is untouched."""
+    path = Path(path)
+    temporary = path.with_name(path.name + ".tmp")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def storage_problem(error: OSError) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from vit_lightning.datasets import DATASETS
+from vit_lightning.data.datasets import DATASETS
 from vit_lightning.errors import UserError
 
 SPLIT_FILES = {

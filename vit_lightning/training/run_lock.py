@@ -7,6 +7,7 @@ import socket
 from pathlib import Path
 
 from vit_lightning.errors import UserError
+from vit_lightning.outputs import RunFolder
 
 
 class RunLock:
@@ -18,7 +19,7 @@ class RunLock:
     """
 
     def __init__(self, folder: Path):
-        self.path = folder / "fit.lock"
+        self.path = RunFolder(folder).lock
         self.owner = f"{os.getpid()} {socket.gethostname()}"
         self.held = False
         self._created: list[Path] = []  # folders made for the lock, removed again if the run wrote nothing

@@ -18,24 +18,20 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from vit_lightning.callbacks import PredictionWriter
-from vit_lightning.checkpoint import (LOG_DIR, Checkpoint, load_checkpoint, logger_version, model_settings,
-                                      require_fitting_state, resolve_checkpoint)
-from vit_lightning.data import MNISTDataModule
-from vit_lightning.divergence import StopOnDivergence
+from vit_lightning.architecture import DATASET_FACTS, TRAINING_ONLY
 from vit_lightning.errors import UserError
-from vit_lightning.library_noise import silence_library_noise
-from vit_lightning.metrics_log import ResumableCSVLogger
-from vit_lightning.outputs import NO_SPACE, NOT_WRITABLE, require_writable_folder, storage_problem
-from vit_lightning.module import ViTClassifier
-from vit_lightning.pictures import Pictures
-from vit_lightning.presets import preset_file
-from vit_lightning.run_lock import RunLock
-from vit_lightning.tracking import RunConfig, is_wandb_logger, prepare_wandb
+from vit_lightning.outputs import NO_SPACE, NOT_WRITABLE, RunFolder, require_writable_folder, storage_problem
+from vit_lightning.serving.checkpoints import (LOG_DIR, load_checkpoint, logger_version, model_settings,
+                                               require_fitting_state, resolve_checkpoint)
+from vit_lightning.training import callbacks, compat
+from vit_lightning.training.datamodule import MNISTDataModule
+from vit_lightning.training.metrics_log import ResumableCSVLogger
+from vit_lightning.training.module import ViTClassifier
+from vit_lightning.training.presets import preset_file
+from vit_lightning.training.run_lock import RunLock
+from vit_lightning.training.tracking import RunConfig, is_wandb_logger, prepare_wandb
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
-TRAINING_ONLY = ("optimizer", "lr_schedule", "warmup_fraction", "label_smoothing", "dropout")  # no effect on eval
-DATASET_FACTS = ("num_classes", "image_size", "in_channels")  # the model's, always the data module's
 
 
 class OneLineErrorParser(LightningArgumentParser):
@@ -76,7 +72,7 @@ class ViTCLI(LightningCLI):
                 parser_kwargs={subcommand: defaults for subcommand in SUBCOMMANDS} if run else defaults,
                 save_config_callback=RunConfig,
                 save_config_kwargs={"overwrite": True},
-                trainer_defaults={"callbacks": [StopOnDivergence()]},  # appended to any configured callbacks
+                trainer_defaults={"callbacks": [always() for always in callbacks.ALWAYS]},  # added to any configured
                 parser_class=OneLineErrorParser,
                 auto_configure_optimizers=False,
                 args=args,
@@ -87,9 +83,9 @@ class ViTCLI(LightningCLI):
                 self.lock.release()
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(Checkpoint, "checkpoint")
-        parser.add_lightning_class_args(PredictionWriter, "predictions")
-        parser.add_lightning_class_args(Pictures, "pictures")
+        for section, callback in callbacks.SECTIONS.items():
+            parser.add_lightning_class_args(callback, section)
+        parser.set_defaults({"trainer.callbacks": callbacks.default_callbacks()})
         for fact in DATASET_FACTS:  # not settable: a dataset and a model that disagree cannot be configured
             parser.link_arguments(f"data.{fact}", f"model.{fact}", apply_on="instantiate")
 
@@ -98,9 +94,10 @@ class ViTCLI(LightningCLI):
         super().parse_arguments(parser, args)
         if self.config.get("subcommand"):
             config = self.config[self.config.subcommand]
-            root = Path(config.trainer.default_root_dir or ".")
+            run = RunFolder(Path(config.trainer.default_root_dir or "."))
+            root = run.root
             if config.checkpoint.dirpath is None:
-                config.checkpoint.dirpath = str(root / "checkpoints")
+                config.checkpoint.dirpath = str(run.checkpoints)
             config.ckpt_path = resolve_checkpoint(config.ckpt_path, Path(config.checkpoint.dirpath),
                                                   fit=self.config.subcommand == "fit")
             if config.ckpt_path not in (None, "last"):  # "last" stays a name only for a fit with nothing to resume
@@ -112,7 +109,7 @@ class ViTCLI(LightningCLI):
                     self.lock = RunLock(root)
                     self.lock.acquire()
             if config.trainer.logger in (None, True) and self.config.subcommand != "predict":  # the default CSV log
-                require_writable_folder(root / "logs", "--trainer.default_root_dir")
+                require_writable_folder(run.logs, "--trainer.default_root_dir")
             if self.config.subcommand == "predict" and config.predictions.output:
                 output = Path(config.predictions.output)
                 if output.is_dir() or config.predictions.output.endswith(os.sep):
@@ -133,7 +130,7 @@ class ViTCLI(LightningCLI):
             return
         subcommand = self.config.subcommand
         config = self.config[subcommand]
-        defaults = self._subcommand_parsers[subcommand].get_defaults().model
+        defaults = compat.subcommand_defaults(self, subcommand).model
         conflicts = contradicted_settings(hparams, config.model.as_dict(), defaults.as_dict())
         if subcommand != "fit":
             conflicts = [c for c in conflicts if c[0].split(".")[0] not in TRAINING_ONLY]
@@ -148,12 +145,13 @@ class ViTCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        root = Path(config.trainer.default_root_dir or ".")
+        run = RunFolder(Path(config.trainer.default_root_dir or "."))
+        root = run.root
         if config.trainer.logger in (None, True):  # the default CSV log (see the class docstring)
             version = None if self.subcommand == "fit" else self.subcommand
             config.trainer.logger = False if self.subcommand == "predict" else Namespace(
                 class_path=f"{ResumableCSVLogger.__module__}.{ResumableCSVLogger.__name__}",
-                init_args=Namespace(save_dir=str(root), name="logs", version=version),
+                init_args=Namespace(save_dir=str(run.logs.parent), name=run.logs.name, version=version),
             )
         loggers = config.trainer.logger if isinstance(config.trainer.logger, list) else [config.trainer.logger]
         for logger in filter(is_wandb_logger, loggers):
@@ -237,13 +235,13 @@ def require_settings_in_config_files(args: Any) -> None:
 def main(args: list[str] | None = None) -> None:
     """Run the CLI; a :class:`UserError` becomes one line on stderr and exit status 1, SIGTERM exit status 143 and
     Ctrl-C 1 (after the checkpoint callback saved ``last.ckpt`` and said so)."""
-    silence_library_noise()
+    compat.silence_library_noise()
     try:
         ViTCLI(args=args)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
-    except SIGTERMException as error:  # also Ctrl-C during fit (see Checkpoint), marked ctrl_c
+    except SIGTERMException as error:  # also Ctrl-C during fit (see checkpointing.Checkpoint), marked ctrl_c
         sys.exit(1 if getattr(error, "ctrl_c", False) else 128 + signal.SIGTERM)
     except OSError as error:
         if error.errno not in (*NO_SPACE, *NOT_WRITABLE):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from vit_lightning.errors import UserError
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def preset_file(preset: str) -> Path:

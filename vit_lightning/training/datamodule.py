@@ -1,6 +1,6 @@
 """The data module: an MNIST-family dataset held in memory as uint8 tensors, sharded between processes, normalised and
-augmented per batch on the device. The file format is in :mod:`vit_lightning.idx`, the dataset facts in
-:mod:`vit_lightning.datasets`, outside images for ``predict`` in :mod:`vit_lightning.preprocess`."""
+augmented per batch on the device. The file format is in :mod:`vit_lightning.data.idx`, the dataset facts in
+:mod:`vit_lightning.data.datasets`, outside images for ``predict`` in :mod:`vit_lightning.data.preprocess`."""
 
 from __future__ import annotations
 
@@ -10,36 +10,15 @@ from typing import Literal
 
 import torch
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from vit_lightning.augment import RandomAffine
-from vit_lightning.datasets import DATASETS
+from vit_lightning.data.augment import RandomAffine
+from vit_lightning.data.datasets import DATASETS, normalize, unit_range
+from vit_lightning.data.idx import SPLIT_FILES, find_idx_files, load_split
+from vit_lightning.data.memory import InMemoryImages, batch_as_is, split
+from vit_lightning.data.preprocess import load_images
 from vit_lightning.errors import UserError
-from vit_lightning.idx import SPLIT_FILES, find_idx_files, load_split
-from vit_lightning.preprocess import load_images
-
-
-class InMemoryImages(Dataset):
-    """uint8 images and integer targets held in memory; a whole batch is fetched with one indexing operation."""
-
-    def __init__(self, images: torch.Tensor, targets: torch.Tensor):
-        self.images, self.targets = images, targets
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[index], self.targets[index]
-
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        index = torch.as_tensor(indices)
-        return self.images[index], self.targets[index]
-
-
-def _batch_as_is(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Collate for ``InMemoryImages.__getitems__``, whose batches are already stacked."""
-    return batch
+from vit_lightning.training.compat import UnrepeatedDistributedSampler
 
 
 def installed_hint() -> str:
@@ -145,34 +124,18 @@ class MNISTDataModule(LightningDataModule):
                 Path(self.hparams.predict_path), self.image_size, self.hparams.auto_invert)
             for failure in failures:
                 print(f"skipped {failure}")
-            self.datasets["predict"] = InMemoryImages(images, torch.arange(len(images)))
+            self.datasets["predict"] = InMemoryImages(images, torch.arange(len(images)))  # targets: Predictions.index
             return
         files = find_idx_files(self.root, self.hparams.dataset)
         if files is None:
             self.prepare_data()  # raises the one-line error (or downloads when prepare_data was skipped)
             files = find_idx_files(self.root, self.hparams.dataset)
         if stage in ("fit", "validate"):
-            images, labels = load_split(files, "train", self.image_size, self.num_classes)
-            train_index, val_index = self._split(len(images))
-            self.datasets["train"] = InMemoryImages(images[train_index], labels[train_index])
-            self.datasets["val"] = InMemoryImages(images[val_index], labels[val_index])
+            training_set = InMemoryImages(*load_split(files, "train", self.image_size, self.num_classes))
+            self.datasets["train"], self.datasets["val"] = split(
+                training_set, self.hparams.val_size, self.hparams.seed, self.hparams.train_subset)
         if stage == "test":
             self.datasets["test"] = InMemoryImages(*load_split(files, "test", self.image_size, self.num_classes))
-
-    def _split(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training and validation indices into the training file's ``n`` images, disjoint, from ``seed``."""
-        val_size, subset = self.hparams.val_size, self.hparams.train_subset
-        n_val = round(val_size * n) if isinstance(val_size, float) else val_size
-        if subset is not None and not 0 < subset <= n - n_val:
-            raise UserError(f"--data.train_subset {subset} must be between 1 and {n - n_val} (the {n} training "
-                            f"images less --data.val_size {val_size})")
-        if not 0 < n_val < n:
-            raise UserError(f"--data.val_size {val_size} leaves no training or no validation images out of {n}")
-        generator = torch.Generator().manual_seed(self.hparams.seed)
-        if subset is not None:  # the first `subset` images train; validation comes from the others
-            return torch.arange(subset), subset + torch.randperm(n - subset, generator=generator)[:n_val]
-        order = torch.randperm(n, generator=generator)
-        return order[n_val:], order[:n_val]
 
     def _world(self) -> tuple[int, int]:
         trainer = self.trainer
@@ -190,7 +153,7 @@ class MNISTDataModule(LightningDataModule):
             drop_last=train,
             num_workers=self.hparams.num_workers,
             persistent_workers=self.hparams.num_workers > 0,
-            collate_fn=_batch_as_is,
+            collate_fn=batch_as_is,
             pin_memory=torch.cuda.is_available(),
         )
 
@@ -230,11 +193,11 @@ class MNISTDataModule(LightningDataModule):
 
     def transform(self, images: torch.Tensor, train: bool) -> torch.Tensor:
         """uint8 ``[B, H, W]`` to normalised float ``[B, 1, H, W]``, randomly warped when ``train``."""
-        x = images.unsqueeze(1).float().div_(255.0)
+        x = unit_range(images)
         if train and self.augmentation is not None:
             self._reseed_augmentation()
             x = self.augmentation(x)
-        return x.sub_(self.info.mean).div_(self.info.std)
+        return normalize(x, self.info.mean, self.info.std)
 
     def _reseed_augmentation(self) -> None:
         """Seed the augmentation per (seed, rank, epoch), so a resumed or repeated run warps the same way."""

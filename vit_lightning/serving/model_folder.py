@@ -12,9 +12,10 @@ import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
-from vit_lightning.datasets import DATASETS
+from vit_lightning.architecture import ARCHITECTURE, architecture
+from vit_lightning.data.datasets import DATASETS, normalize
 from vit_lightning.errors import UserError
-from vit_lightning.model import ARCHITECTURE_DEFAULTS, VisionTransformer
+from vit_lightning.model import VisionTransformer
 
 FOLDER_FILES = ("config.json", "model.safetensors")
 
@@ -38,14 +39,14 @@ class PretrainedViT(
     def __init__(self, architecture: dict, classes: list[str], mean: float, std: float, dataset: str = ""):
         super().__init__()
         self.model = VisionTransformer(**architecture)
-        self.architecture = {**ARCHITECTURE_DEFAULTS, **architecture}
+        self.architecture = {**ARCHITECTURE, **architecture}
         self.classes = list(classes)
         self.mean, self.std, self.dataset = float(mean), float(std), dataset
         self.eval()
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """[0, 1] images to the normalised input the ViT was trained on."""
-        return (images - self.mean) / self.std
+        return normalize(images, self.mean, self.std)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(self.normalize(images))
@@ -56,8 +57,8 @@ class PretrainedViT(
 
 
 def from_checkpoint(checkpoint: dict, path: str | Path, dataset: str | None = None) -> PretrainedViT:
-    """The model of a training checkpoint (as loaded by :func:`vit_lightning.cli.load_checkpoint`), with the class
-    names and normalisation of its dataset (the one it was trained on, or ``dataset``)."""
+    """The model of a training checkpoint (as loaded by :func:`vit_lightning.serving.checkpoints.load_checkpoint`),
+    with the class names and normalisation of its dataset (the one it was trained on, or ``dataset``)."""
 
     hyper_parameters = checkpoint.get("hyper_parameters") or {}
     dataset = dataset or (checkpoint.get("datamodule_hyper_parameters") or {}).get("dataset")
@@ -68,8 +69,7 @@ def from_checkpoint(checkpoint: dict, path: str | Path, dataset: str | None = No
         raise UserError(f"--ckpt_path {path} does not say which dataset it was trained on ({dataset!r}); "
                         f"pass --dataset ({', '.join(DATASETS)})")
     info = DATASETS[dataset]
-    architecture = {name: hyper_parameters.get(name, default) for name, default in ARCHITECTURE_DEFAULTS.items()}
-    model = PretrainedViT(architecture, list(info.classes), info.mean, info.std, dataset)
+    model = PretrainedViT(architecture(hyper_parameters), list(info.classes), info.mean, info.std, dataset)
     try:
         model.load_state_dict(checkpoint["state_dict"], strict=True)
     except RuntimeError as error:
@@ -107,7 +107,7 @@ Test accuracy of this checkpoint (`{checkpoint_name}`{after}) on the {model.data
 ## Use
 
 ```python
-from vit_lightning.pretrained import load_model_folder   # PyTorch, safetensors, huggingface_hub; no Lightning
+from vit_lightning.serving.model_folder import load_model_folder   # PyTorch, safetensors, huggingface_hub; no Lightning
 model = load_model_folder("THIS_FOLDER")                  # or PretrainedViT.from_pretrained(...)
 probabilities = model(images).softmax(-1)                 # images: float [B, 1, 28, 28] in [0, 1]
 print(model.classes[probabilities.argmax(-1)[0]])
@@ -134,7 +134,7 @@ Input: 28x28 grayscale images scaled to [0, 1], light strokes on a dark backgrou
   classes, often with high confidence: the model cannot say "none of these".
 - The accuracy above holds for the dataset's own test split; drawings, photos and scans differ from it (stroke
   width, centring, background) and are classified less accurately. Dark-on-light images must be inverted first
-  (`predict` and the demo do it: see `vit_lightning.preprocess`).
+  (`predict` and the demo do it: see `vit_lightning.data.preprocess`).
 - Not for decisions about people, safety or money.
 """
 

@@ -19,7 +19,8 @@ class Pictures(Callback):
 
     - ``predictions``: the first ``num_images`` images with predicted and true labels, mistakes in red;
     - ``confusion_matrix``: over the whole set (synchronised across processes);
-    - ``attention``: attention rollout from the class token over the patch grid for the first images.
+    - ``attention``: the attention rollout over the token grid for the first images (from the class token,
+      the sequence-pooling weights or the mean over tokens, as the model pools; see ``attention_rollout``).
 
     They go to W&B (``WandbLogger.log_image``) or TensorBoard as images under ``val/...`` or ``test/...``;
     with other loggers (CSV) they are written as PNG files in ``LOG_DIR/pictures/``.

@@ -13,6 +13,9 @@ from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
+from vit_lightning.outputs import atomic_write
+from vit_lightning.training import compat
+
 
 class ResumableCSVLogger(CSVLogger):
     """``CSVLogger`` (``save_dir/name/version_N/metrics.csv``) that writes every row to disk as it is logged, that a
@@ -34,20 +37,20 @@ class ResumableCSVLogger(CSVLogger):
     def continue_from(self, log_dir: str | None, global_step: int) -> bool:
         """Log into ``log_dir`` (a version folder of this logger) from ``global_step`` on; ``False`` when
         ``log_dir`` is not one of this logger's folders, in which case a new version is started."""
-        if self._experiment is not None:
+        if compat.logger_started(self):
             raise RuntimeError("continue_from must be called before anything is logged")
         if log_dir is None or not Path(log_dir).is_dir():
             return False
         if Path(log_dir).parent.resolve() != Path(self.root_dir).resolve():
             return False
-        self._version = Path(log_dir).name
+        compat.set_logger_version(self, Path(log_dir).name)
         self._resume_step = global_step
         return True
 
     def add_evaluation(self, epoch: int, step: int) -> None:
         """Add this run's rows to the ``metrics.csv`` already in the version folder, as those of ``epoch`` and
         ``step`` (the checkpoint's: an evaluation does not restore the training counters)."""
-        if self._experiment is not None:
+        if compat.logger_started(self):
             raise RuntimeError("add_evaluation must be called before anything is logged")
         self._resume_step, self._evaluated = math.inf, (epoch, step)
 
@@ -60,8 +63,8 @@ class ResumableCSVLogger(CSVLogger):
     @property
     @rank_zero_experiment
     def experiment(self) -> ExperimentWriter:
-        if self._experiment is None and self._resume_step is not None:
-            self._experiment = _ContinuedWriter(self.log_dir, self._resume_step)
+        if not compat.logger_started(self) and self._resume_step is not None:
+            compat.set_experiment(self, _ContinuedWriter(self.log_dir, self._resume_step))
         return super().experiment
 
 
@@ -80,9 +83,7 @@ class _ContinuedWriter(ExperimentWriter):
             reader = csv.DictReader(file)
             rows = [row for row in reader if row.get("step") and int(row["step"]) < self.resume_step]
             self.metrics_keys = list(reader.fieldnames or [])
-        temporary = f"{self.metrics_file_path}.tmp"
-        with open(temporary, "w", newline="") as file:
+        with atomic_write(self.metrics_file_path) as temporary, open(temporary, "w", newline="") as file:
             writer = csv.DictWriter(file, fieldnames=self.metrics_keys)
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(temporary, self.metrics_file_path)

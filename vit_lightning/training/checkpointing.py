@@ -1,13 +1,6 @@
-"""The checkpoint contract, in one place: what a checkpoint of this project holds besides Lightning's own keys,
-how ``best`` and ``last`` are found, how a checkpoint is loaded and checked against a model, and the callback that
-writes them (``last.ckpt`` at every save point and on interruption).
-
-Every checkpoint is written atomically (:class:`AtomicCheckpointIO`), so a crash or a full disk never leaves half a
-checkpoint where a good one was.
-
-About 300 lines, on purpose: what a checkpoint holds and when it is written is one contract, and the stop on
-Ctrl-C/SIGTERM belongs to it (every rank must agree on the batch after which ``last.ckpt`` is saved).
-"""
+"""Writing checkpoints: the callback that saves the best by ``val/acc`` and ``last.ckpt`` at every save point and on
+Ctrl-C/SIGTERM (every rank agreeing on the batch after which it is saved), each file written atomically. What a
+checkpoint holds and how one is found and read is in :mod:`vit_lightning.serving.checkpoints`."""
 
 from __future__ import annotations
 
@@ -21,97 +14,15 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from vit_lightning.errors import UserError
-from vit_lightning.model import ARCHITECTURE_DEFAULTS, OBSOLETE_PARAMETERS
-
-LOG_DIR = "log_dir"  # the folder the run logged its metrics to, which a resumed fit continues
-LOGGER_VERSIONS = "logger_versions"  # {logger class name: its version}, e.g. the W&B run id a resumed fit continues
+from vit_lightning.outputs import LAST_CHECKPOINT, atomic_write
+from vit_lightning.serving.checkpoints import LOG_DIR, LOGGER_VERSIONS
+from vit_lightning.training import compat
 
 
-def resolve_checkpoint(ckpt_path: str | None, checkpoint_dir: Path, fit: bool) -> str | None:
-    """Turn ``best``/``last`` into the file in ``checkpoint_dir`` (the caller loads it with :func:`load_checkpoint`);
-    ``best`` is the file of that name in ``checkpoint_dir``, wherever the run folder was when it was saved.
-
-    A real path lets LightningCLI rebuild the model from the checkpoint's saved hyper-parameters. ``fit`` with
-    ``last`` and no checkpoint yet stays ``last``: Lightning then warns and starts from scratch.
-    """
-    if ckpt_path is None:
-        return None
-    last = checkpoint_dir / "last.ckpt"
-    if ckpt_path == "last":
-        if last.is_file():
-            return str(last)
-        if fit:
-            return ckpt_path
-        raise UserError(f"--ckpt_path last: no {last}; train first or pass --ckpt_path PATH")
-    if ckpt_path == "best":
-        if not last.is_file():
-            raise UserError(f"--ckpt_path best: no checkpoints in {checkpoint_dir}; train first or pass --ckpt_path PATH")
-        states = load_checkpoint(last).get("callbacks", {})
-        best = next((s["best_model_path"] for s in states.values() if isinstance(s, dict) and s.get("best_model_path")), "")
-        # the stored path is absolute: look for its file name here, so a copied or moved run folder uses its own
-        if not best or not (checkpoint_dir / Path(best).name).is_file():
-            raise UserError(f"--ckpt_path best: {last} names no best checkpoint that is still in {checkpoint_dir}; "
-                            "pass --ckpt_path PATH")
-        return str(checkpoint_dir / Path(best).name)
-    return ckpt_path
-
-
-def load_checkpoint(path: Path) -> dict:
-    """Load a Lightning checkpoint on the CPU (memory-mapped: cheap to repeat), or raise a one-line
-    :class:`UserError` saying why it is unusable."""
-    if path.is_dir():
-        raise UserError(f"--ckpt_path {path} is a folder; pass a .ckpt file in it (e.g. {path / 'last.ckpt'}), "
-                        "'last' or 'best'")
-    if not path.is_file():
-        raise UserError(f"--ckpt_path {path} does not exist; pass an existing .ckpt file, 'last' or 'best'")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except PermissionError:
-        raise UserError(f"--ckpt_path {path} cannot be read (permission denied); make it readable") from None
-    except Exception as error:  # noqa: BLE001 - any failure to unpickle means the same thing to the user
-        raise UserError(f"--ckpt_path {path} is not a readable checkpoint ({type(error).__name__}); "
-                        "pass a .ckpt file written by this project") from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise UserError(f"--ckpt_path {path} is not a Lightning checkpoint (no state_dict); "
-                        "pass a .ckpt file written by this project")
-    return checkpoint
-
-
-def model_settings(checkpoint: dict) -> dict:
-    """The model's init arguments saved in ``checkpoint`` (its ``--model`` settings). Architecture options newer
-    than the checkpoint take the model's defaults, which rebuild the architecture it was trained with (the
-    configs' defaults may have moved on)."""
-    saved = {key: value for key, value in (checkpoint.get("hyper_parameters") or {}).items() if key != "_instantiator"}
-    return {**ARCHITECTURE_DEFAULTS, **saved} if saved else {}
-
-
-def logger_version(checkpoint: dict, logger_name: str) -> str | None:
-    """The version (W&B: run id) the logger class ``logger_name`` had in the run that saved ``checkpoint``."""
-    return (checkpoint.get(LOGGER_VERSIONS) or {}).get(logger_name)
-
-
-def require_fitting_state(model: torch.nn.Module, state_dict: dict, ckpt_path: str) -> None:
-    """Raise a one-line :class:`UserError` when a checkpoint's weights do not fit ``model`` (another architecture)."""
-    expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
-    found = {name: tuple(tensor.shape) for name, tensor in state_dict.items()
-             if not name.endswith(OBSOLETE_PARAMETERS)}  # loading discards them
-    if expected == found:
-        return
-    differences = [f"{name} is {found[name]} in the checkpoint but {shape} in the model"
-                   for name, shape in expected.items() if name in found and found[name] != shape]
-    differences += [f"{name} is missing" for name in expected.keys() - found.keys()]
-    differences += [f"{name} is unexpected" for name in found.keys() - expected.keys()]
-    raise UserError(f"--ckpt_path {ckpt_path} does not fit this model ({len(differences)} differences, e.g. "
-                    f"{sorted(differences)[0]}); pass a checkpoint of this architecture or the --model settings "
-                    "it was trained with")
-
-
-class AtomicCheckpointIO(_WrappingCheckpointIO):
+class AtomicCheckpointIO(compat.WrappingCheckpointIO):
     """Write each checkpoint to ``NAME.tmp`` beside it and rename it into place; a failed write removes the
     ``.tmp``.
 
@@ -123,13 +34,8 @@ class AtomicCheckpointIO(_WrappingCheckpointIO):
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
-        temporary = f"{path}.tmp"
-        try:
+        with atomic_write(path) as temporary:  # half a checkpoint is removed, freeing its space
             self.checkpoint_io.save_checkpoint(checkpoint, temporary, storage_options)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)  # half a checkpoint: free its space
-            raise
-        os.replace(temporary, path)
 
 
 class Checkpoint(ModelCheckpoint):
@@ -145,10 +51,11 @@ class Checkpoint(ModelCheckpoint):
     - each checkpoint records the log folder (:data:`LOG_DIR`) and every logger's version (:data:`LOGGER_VERSIONS`,
       a W&B run id), so a resumed run can continue the same metrics log and the same W&B run.
 
-    It extends ``ModelCheckpoint`` through members Lightning 2.6 keeps private (``_save_last_checkpoint``,
-    ``_should_skip_saving_checkpoint``, ...): tests/test_robustness.py pins the behaviour they give.
+    It extends ``ModelCheckpoint`` through members Lightning keeps private (all in :mod:`.compat`):
+    tests/test_robustness.py pins the behaviour they give.
     """
 
+    CHECKPOINT_NAME_LAST = Path(LAST_CHECKPOINT).stem  # the run folder's layout (vit_lightning.outputs)
     INTERRUPTIONS = (KeyboardInterrupt, SIGTERMException)
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
     _armed = False  # this callback's signal handlers are in place (fit, from on_train_start)
@@ -198,7 +105,7 @@ class Checkpoint(ModelCheckpoint):
             return
         if not self._stop_signal:
             self._stop_signal = int(_reduce(trainer, [self._signal], "max")[0])
-        trainer._signal_connector.received_sigterm = bool(self._stop_signal)
+        compat.set_received_sigterm(trainer, bool(self._stop_signal))
 
     def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
         try:
@@ -209,7 +116,8 @@ class Checkpoint(ModelCheckpoint):
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        if self._every_n_train_steps >= 1 and trainer.global_step % self._every_n_train_steps == 0:
+        every = compat.every_n_train_steps(self)
+        if every >= 1 and trainer.global_step % every == 0:
             self._save_last_if_skipped(trainer)
         self._agree_on_stop(trainer)
 
@@ -227,11 +135,11 @@ class Checkpoint(ModelCheckpoint):
         if batch_idx < self._common_val_batches[dataloader_idx] - 1:
             self._agree_on_stop(trainer)
         else:
-            trainer._signal_connector.received_sigterm = False
+            compat.set_received_sigterm(trainer, False)
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
-        if not self._should_save_on_train_epoch_end(trainer):
+        if not compat.saves_on_train_epoch_end(self, trainer):
             self._save_last_if_skipped(trainer)
         self._agree_on_stop(trainer)
 
@@ -252,9 +160,9 @@ class Checkpoint(ModelCheckpoint):
         between_batches = isinstance(exception, SIGTERMException)
         if between_batches and trainer.validating and self._training_started:
             _validate_again_on_resume(trainer.fit_loop.epoch_loop.val_loop.batch_progress)
-            self._last_global_step_saved = -1  # a checkpoint of this step from before validation would skip it
-        if between_batches and self.save_last and self._should_save_on_exception(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            compat.forget_last_save(self)  # a checkpoint of this step from before validation would skip it
+        if between_batches and self.save_last and compat.saves_on_exception(self, trainer):
+            compat.save_last(self, trainer)
         cause = "Ctrl-C" if isinstance(exception, KeyboardInterrupt) or self._stop_signal == signal.SIGINT else "SIGTERM"
         exception.ctrl_c = cause == "Ctrl-C"  # cli.main: exit status 1 after Ctrl-C, 143 after SIGTERM
         if trainer.is_global_zero:
@@ -268,14 +176,14 @@ class Checkpoint(ModelCheckpoint):
             return "stopped before training started; nothing to save"
         where = f"stopped at epoch {trainer.current_epoch}, step {trainer.global_step}"
         last = self.last_model_path
-        if self._last_global_step_saved == trainer.global_step and last and os.path.isfile(last):
+        if compat.last_step_saved(self) == trainer.global_step and last and os.path.isfile(last):
             return f"{where}; saved {last}; resume with the same command plus --ckpt_path last"
         if not self.save_on_exception or not self.save_last:
             option = "save_on_exception" if not self.save_on_exception else "save_last"
             why = f"saving on interruption is off (--checkpoint.{option} false)"
         else:
             why = "nothing saved" if between_batches else "a second Ctrl-C stops at once: nothing saved"
-        latest = next((path for path in (self._last_checkpoint_saved, last) if path and os.path.isfile(path)), None)
+        latest = next((path for path in (compat.last_checkpoint_saved(self), last) if path and os.path.isfile(path)), None)
         return f"{where}; {why}; " + (f"the latest checkpoint is {latest}" if latest else "no checkpoint yet")
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -283,12 +191,12 @@ class Checkpoint(ModelCheckpoint):
         super().teardown(trainer, pl_module, stage)
 
     def _save_last_if_skipped(self, trainer: Trainer) -> None:
-        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        if self.save_last and compat.may_save_now(self, trainer):
+            compat.save_last(self, trainer)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
-        if self._should_save_on_train_epoch_end(trainer):
+        if compat.saves_on_train_epoch_end(self, trainer):
             self._save_last_if_skipped(trainer)
 
 

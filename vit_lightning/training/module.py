@@ -13,8 +13,10 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from vit_lightning.architecture import RUN_TIME, architecture
 from vit_lightning.errors import SettingError
 from vit_lightning.model import VisionTransformer
+from vit_lightning.training.predictions import Predictions
 
 
 class ViTClassifier(LightningModule):
@@ -56,15 +58,10 @@ class ViTClassifier(LightningModule):
     ):
         super().__init__()
         # run-time choices a checkpoint must not impose; loggers get the whole CLI config (RunConfig)
-        self.save_hyperparameters(ignore=["compile", "test_time_flip"], logger=False)
+        self.save_hyperparameters(ignore=list(RUN_TIME), logger=False)
         self.compile_model = compile
         self.test_time_flip = test_time_flip
-        self.model = VisionTransformer(
-            image_size=image_size, in_channels=in_channels, patch_size=patch_size, num_classes=num_classes,
-            dim=dim, depth=depth, heads=heads, mlp_ratio=mlp_ratio, dropout=dropout, pool=pool,
-            pos_embedding=pos_embedding, tokenizer=tokenizer, stem_channels=stem_channels,
-            conv_mlp=conv_mlp,
-        )
+        self.model = VisionTransformer(**architecture(self.hparams))  # the model's arguments above (architecture.py)
         if not 0.0 <= warmup_fraction < 1.0:
             raise SettingError(f"--model.warmup_fraction must be in [0, 1), got {warmup_fraction}")
         self.optimizer = optimizer
@@ -114,17 +111,17 @@ class ViTClassifier(LightningModule):
         return logits
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        """The batch's logits (for callbacks such as :class:`~vit_lightning.pictures.Pictures`)."""
+        """The batch's logits (for callbacks such as :class:`~vit_lightning.training.pictures.Pictures`)."""
         return self._evaluate(batch, self.val_loss, self.val_acc, "val")
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._evaluate(batch, self.test_loss, self.test_acc, "test")
 
-    def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        """Per image: its index in the predict set, the predicted class and the class probabilities."""
+    def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> Predictions:
+        """Per image: its index in the predict set (the batch's targets), the predicted class and the class
+        probabilities."""
         images, indices = batch
-        probabilities = torch.softmax(self(images).float(), dim=-1)
-        return {"index": indices, "prediction": probabilities.argmax(dim=-1), "probabilities": probabilities}
+        return Predictions.of(indices, self(images))
 
     def build_optimizer(self) -> torch.optim.Optimizer:
         """The configured optimizer over the model's parameters, weight decay only on weight matrices the model

@@ -1,9 +1,12 @@
 """What the code knows about each dataset of the MNIST family: its folder name, normalisation, class names and
-whether a mirror image keeps the class. No Lightning import: the exported model folder uses it too."""
+whether a mirror image keeps the class; and the one definition of pixel scaling and normalisation, which the data
+module, export, the model folder, the demo and the tests use."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import torch
 
 
 @dataclass(frozen=True)
@@ -29,3 +32,14 @@ DATASETS = {
     ),
     "kmnist": DatasetInfo("KMNIST", 0.1918, 0.3483, ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo")),
 }
+
+
+def unit_range(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels ``[B, H, W]`` (or one image ``[H, W]``) to float images ``[B, 1, H, W]`` in [0, 1]: the input of
+    the model folder and the exported programs."""
+    return (pixels if pixels.dim() == 3 else pixels[None]).unsqueeze(1).float().div_(255.0)
+
+
+def normalize(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """[0, 1] images to the network's input, with a dataset's ``mean`` and ``std`` (:class:`DatasetInfo`)."""
+    return (images - mean) / std
