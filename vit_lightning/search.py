@@ -445,8 +445,8 @@ class Worker:
         """The next trial (a queued one first), or ``None`` when the study has enough."""
         with folder_lock(self.folder), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # fail_stale_trials is experimental; ask() warns with a heartbeat
+            self.fail_dead_workers_trials()  # first: it names the dead process
             optuna.storages.fail_stale_trials(self.study)
-            self.fail_dead_workers_trials()
             trials = self.study.get_trials(deepcopy=False)
             if sum(t.state in (*FINISHED, TrialState.RUNNING) for t in trials) >= self.trials:
                 return None
@@ -709,7 +709,14 @@ def main(argv: list[str] | None = None) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # the heartbeat and its retries
         retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3, inherit_intermediate_values=True)
-        storage = open_storage(storage_url, args.heartbeat, retry)
+
+        def on_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            study._storage.set_trial_user_attr(trial._trial_id, "error", f"no heartbeat for {2 * args.heartbeat} s "
+                                               "(its worker or machine is gone)")
+            print(f"search: trial {trial.number} had no heartbeat for {2 * args.heartbeat} s: failed, queued again")
+            retry(study, trial)
+
+        storage = open_storage(storage_url, args.heartbeat, on_stale)
     name = args.study or Path(args.space).stem
     with folder_lock(folder):
         study = optuna.create_study(storage=storage, study_name=name, direction=space.direction,
