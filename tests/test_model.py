@@ -4,16 +4,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vit_lightning.model import (
+from vit_lightning.layers import (
     ConvTokenizer,
     MultiHeadSelfAttention,
     SequencePooling,
     TokenGridConv,
-    VisionTransformer,
     ViTBlock,
     create_patches,
     get_positional_embeddings,
 )
+from vit_lightning.model import VisionTransformer
 
 
 def tiny_vit(**overrides) -> VisionTransformer:

@@ -10,7 +10,7 @@ from typing import Mapping
 import torch
 
 from vit_lightning.architecture import ARCHITECTURE
-from vit_lightning.model import OBSOLETE_PARAMETERS
+from vit_lightning.layers import OBSOLETE_PARAMETERS
 from vit_lightning.errors import UserError
 from vit_lightning.outputs import LAST_CHECKPOINT
 

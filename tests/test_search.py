@@ -1,0 +1,179 @@
+"""``python -m vit_lightning.search``: real Optuna, real SQLite, tiny trials (real ``train.py fit`` processes) on
+tiny IDX data."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+from PIL import Image
+
+from support import REPO, tiny_args, write_dataset
+from vit_lightning.search import load_space, main, param_flags, run, sweep_config
+
+FAST = ["--trainer.max_epochs", "1", "--trainer.enable_model_summary", "false", "--data.translate", "0.0"]
+
+
+def write_space(path: Path, parameters: dict, **sections) -> Path:
+    path.write_text(yaml.safe_dump({"parameters": parameters, "fixed": [], **sections}))
+    return path
+
+
+LR = {"model.optimizer.init_args.lr": {"type": "float", "low": 1.0e-9, "high": 0.05, "log": True}}
+
+
+def search_error(capsys, *args: str) -> str:
+    """Run the search command in this process; expect one ``error: ...`` line, exit status 1, nothing else on
+    stderr; return that line."""
+    with pytest.raises(SystemExit) as exit_info:
+        run(list(args))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and len(err.splitlines()) == 1 and err.startswith("error: "), err
+    return err.strip()
+
+
+def load(folder: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{folder / 'study.db'}")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """800 training images: two epochs of a tiny model tell a good learning rate from a useless one."""
+    return write_dataset(tmp_path_factory.mktemp("search") / "data", n_train=800, gz=True)
+
+
+def test_the_wandb_sweep_file_is_generated_from_the_search_space():
+    space = load_space(REPO / "configs" / "search.yaml")
+    assert yaml.safe_load((REPO / "configs" / "sweep.yaml").read_text()) == sweep_config(space), (
+        "configs/sweep.yaml is stale: python -m vit_lightning.search --space configs/search.yaml "
+        "--sweep configs/sweep.yaml")
+    sweep = sweep_config(space)
+    assert sweep["metric"] == {"name": space.metric, "goal": space.direction}
+    for name, distribution in space.parameters.items():  # the same bounds and choices on both sides
+        spec = sweep["parameters"][name]
+        assert spec.get("values", [spec.get("min"), spec.get("max")]) == list(
+            getattr(distribution, "choices", [getattr(distribution, "low", None), getattr(distribution, "high", None)]))
+        assert ("log" in spec.get("distribution", "")) == bool(getattr(distribution, "log", False))
+
+
+def test_parameter_values_are_flags_that_yaml_reads_back_as_numbers():
+    flags = param_flags({"a.lr": 1e-05, "a.wd": 0.05, "a.depth": 3, "a.tok": "conv", "a.flag": True})
+    assert flags == ["--a.lr=1.0e-05", "--a.wd=0.05", "--a.depth=3", "--a.tok=conv", "--a.flag=true"]
+    assert yaml.safe_load(flags[0].split("=", 1)[1]) == 1e-05
+
+
+@pytest.mark.parametrize("parameters, expected", [
+    ({"model.nonsense": {"type": "int", "low": 1, "high": 2}}, "unrecognized arguments: --model.nonsense=1"),
+    ({"model.depth": {"type": "int", "low": 4, "high": 2}}, "parameter model.depth has low 4 > high 2"),
+    ({"model.dim": {"type": "categorical", "choices": []}}, "parameter model.dim is categorical with no choices"),
+    ({"model.dim": {"type": "normal", "low": 1, "high": 2}}, "parameter model.dim needs a type"),
+])
+def test_a_bad_space_is_one_line(tmp_path, capsys, parameters, expected):
+    space = write_space(tmp_path / "space.yaml", parameters)
+    assert expected in search_error(capsys, "--space", str(space), "--dir", str(tmp_path / "search"))
+
+
+def test_an_unreachable_storage_or_an_unwritable_folder_is_one_line(tmp_path, capsys):
+    space = str(write_space(tmp_path / "space.yaml", LR))
+    error = search_error(capsys, "--space", space, "--dir", str(tmp_path / "s"),
+                         "--storage", f"sqlite:///{tmp_path}/no/such/folder/study.db")
+    assert "cannot be opened (unable to open database file)" in error
+    assert "--dir: /proc is not writable" in search_error(capsys, "--space", space, "--dir", "/proc/vit-search")
+
+
+def test_a_study_that_exists_with_another_space_is_one_line(tmp_path, capsys):
+    folder = str(tmp_path / "search")
+    first = write_space(tmp_path / "space.yaml", {"model.dim": {"type": "categorical", "choices": [8, 16]}})
+    assert main(["--space", str(first), "--dir", folder, "--trials", "0"]) == 0  # creates the study, runs nothing
+    write_space(first, {"model.dim": {"type": "categorical", "choices": [8, 32]}})
+    error = search_error(capsys, "--space", str(first), "--dir", folder, "--trials", "0")
+    assert "study 'space' in sqlite:///" in error and "another space (parameter model.dim differs)" in error
+
+
+@pytest.mark.slow  # three tiny fits in train.py processes, and best.yaml's
+def test_pruning_best_yaml_and_plots(data, tmp_path, capsys):
+    folder = tmp_path / "search"
+    # two useful learning rates first, then one that leaves the weights as they are: clearly worse at epoch 1
+    space = write_space(tmp_path / "space.yaml", LR, budget={"trials": 3},
+                        pruner={"type": "median", "startup_trials": 2, "warmup_epochs": 0},
+                        first=[{"model.optimizer.init_args.lr": lr} for lr in (0.01, 0.02, 1.0e-9)])
+    assert main(["--space", str(space), "--dir", str(folder), *tiny_args(data, tmp_path / "unused"), *FAST]) == 0
+    out = capsys.readouterr().out
+    trials = load(folder, "space").get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED], out
+    assert trials[2].user_attrs["pruned_at_epoch"] == 1 and "pruned after epoch 1" in out
+    assert "study space: 2 complete, 1 pruned" in out  # the table
+
+    best = yaml.safe_load((folder / "best.yaml").read_text())
+    assert best["model"]["optimizer"]["init_args"]["lr"] == trials[max((0, 1), key=lambda i: trials[i].value)].params[
+        "model.optimizer.init_args.lr"]
+    result = subprocess.run([sys.executable, "train.py", "fit", "--config", str(folder / "best.yaml")], cwd=REPO,
+                            capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (folder / "best" / "checkpoints" / "last.ckpt").is_file()
+
+    for name in ("history", "importances", "parallel_coordinate", "slice", "intermediate_values"):
+        with Image.open(folder / "plots" / f"{name}.png") as picture:
+            assert picture.width > 200 and picture.height > 200 and len(set(picture.convert("L").getdata())) > 10
+
+
+def start_worker(space: Path, folder: Path, data: Path, *extra: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "vit_lightning.search", "--space", str(space), "--dir", str(folder),
+               *tiny_args(data, folder / "unused"), "--trainer.enable_model_summary", "false", *extra]
+    return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.slow  # two workers, four tiny fits
+def test_two_workers_started_at_once_share_one_study_and_never_run_a_trial_twice(data, tmp_path):
+    folder = tmp_path / "search"
+    space = write_space(tmp_path / "space.yaml", {**LR, "model.label_smoothing": {"type": "categorical",
+                                                                                  "choices": [0.0, 0.1]}},
+                        budget={"trials": 4}, pruner={"type": "none"})
+    workers = [start_worker(space, folder, data, "--trainer.max_epochs", "1") for _ in range(2)]
+    outputs = [worker.communicate(timeout=1800)[0] for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], outputs
+    trials = load(folder, "space").get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4, outputs
+    owners = [t.system_attrs["worker"].split()[0] for t in trials]
+    assert set(owners) == {str(worker.pid) for worker in workers}  # both worked
+    for t in trials:  # each trial was run by one worker, once: one fit in its run folder
+        assert sum(f"trial {t.number} started" in output for output in outputs) == 1
+        assert (folder / f"trial_{t.number:04d}" / "train.log").read_text().count("`Trainer.fit` stopped") == 1
+    assert len({tuple(t.params.items()) for t in trials}) == 4
+
+
+@pytest.mark.slow  # a worker killed mid-trial, then the same command: five tiny fits
+def test_kill_9_of_a_worker_then_the_same_command_finishes_and_marks_the_killed_trial_failed(data, tmp_path):
+    folder = tmp_path / "search"
+    space = write_space(tmp_path / "space.yaml", LR, budget={"trials": 2}, pruner={"type": "none"},
+                        first=[{"model.optimizer.init_args.lr": 0.01}])
+    worker = start_worker(space, folder, data, "--trainer.max_epochs", "3")
+    deadline = time.monotonic() + 1200
+    while time.monotonic() < deadline:  # until trial 0 has reported and saved its first epoch
+        time.sleep(0.5)
+        if (folder / "trial_0000" / "checkpoints" / "last.ckpt").is_file():
+            trials = load(folder, "space").get_trials()
+            if trials and trials[0].intermediate_values:
+                break
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    again = start_worker(space, folder, data, "--trainer.max_epochs", "3")
+    output = again.communicate(timeout=1800)[0]
+    assert again.returncode == 0, output
+    trials = load(folder, "space").get_trials()
+    states = [t.state for t in trials]
+    assert states.count(TrialState.COMPLETE) == 2 and states[0] == TrialState.FAIL, output
+    assert f"its worker (process {worker.pid}) ended" in trials[0].user_attrs["error"]
+    retry = next(t for t in trials if t.system_attrs.get("failed_trial") == 0)
+    assert retry.state == TrialState.COMPLETE and retry.params == trials[0].params
+    assert f"trial {retry.number} (retry of 0, resumed)" in output  # from trial_0000's last.ckpt
+    assert sorted(retry.intermediate_values) == [1, 2, 3]
