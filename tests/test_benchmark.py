@@ -28,13 +28,13 @@ def test_benchmark_runs_on_a_tiny_configuration(capsys, tmp_path):
     assert f"training images/s, Lightning Trainer : {rates['lightning']:10.0f}" in out
     assert out.rstrip().endswith(f"--trainer.precision {results['faster_precision']}")
     flops = results["train_flops_per_image"] / 1e6
-    # By hand: the matmuls of the blocks (QKV, projection, MLP, attention's two products) and of the conv
-    # tokenizer's two stride-2 convolutions, forward and backward (3x; 2x for the first convolution, whose
-    # input needs no gradient).
+    # By hand: the matmuls of the blocks (QKV, projection, MLP, attention's two products, the conv MLP's depthwise
+    # 3x3 convolution) and of the conv tokenizer's two stride-2 convolutions, forward and backward (3x; 2x for the
+    # first convolution, whose input needs no gradient).
     model = configured("quick", tmp_path, batch_size=16, compile=False)[0].hparams  # as train.py fit builds it
-    assert model["tokenizer"] == "conv" and model["pool"] == "seq" and model["patch_size"] == 4
+    assert model["tokenizer"] == "conv" and model["pool"] == "seq" and model["patch_size"] == 4 and model["conv_mlp"]
     tokens, dim, hidden = (28 // model["patch_size"]) ** 2, model["dim"], int(model["dim"] * model["mlp_ratio"])
-    block = 2 * tokens * dim * (3 * dim + dim + 2 * hidden) + 2 * 2 * tokens * tokens * dim
+    block = 2 * tokens * dim * (3 * dim + dim + 2 * hidden) + 2 * 2 * tokens * tokens * dim + 2 * tokens * 9 * hidden
     first_conv, second_conv = 2 * 14 * 14 * 9 * (dim // 2), 2 * 7 * 7 * 9 * (dim // 2) * dim
     expected = 3 * model["depth"] * block + 2 * first_conv + 3 * second_conv
     assert flops == pytest.approx(expected / 1e6, rel=0.05)

@@ -54,8 +54,9 @@ def test_fit_test_predict_through_the_cli(data_root, tmp_path, capsys):
     assert {"train/loss", "train/acc", "val/loss", "val/acc", "epoch", "train/images_per_sec"} <= names
     assert any(name.startswith("lr-") for name in names)
     # the time-to-accuracy pairs: each epoch's validation accuracy beside the fit's elapsed time, growing
-    timed = [(float(row["train/elapsed_s"]), row["val/acc"]) for row in read_metrics(run_dir, "train/elapsed_s")]
-    assert len(timed) == 2 and all(acc for _, acc in timed) and 0 < timed[0][0] < timed[1][0]
+    elapsed = {row["epoch"]: float(row["train/elapsed_s"]) for row in read_metrics(run_dir, "train/elapsed_s")}
+    accuracy = {row["epoch"]: row["val/acc"] for row in read_metrics(run_dir, "val/acc")}
+    assert elapsed.keys() == accuracy.keys() == {"0", "1"} and 0 < elapsed["0"] < elapsed["1"]
     log_dir = run_dir / "logs" / "version_0"
     assert (log_dir / "config.yaml").is_file()
     # The logger gets the complete resolved CLI config, not only the module's init arguments.

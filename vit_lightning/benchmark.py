@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback, Trainer
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from vit_lightning.data.idx import SPLIT_FILES, write_idx
 from vit_lightning.errors import exit_on_user_error
@@ -92,12 +92,14 @@ def matmul_peak(device: torch.device, precision: str, size: int, seconds: float 
     return 2 * size**3 * runs / (time.perf_counter() - start)
 
 
-# PyTorch's FLOP counter knows the GPU attention kernels; the CPU ones do the same arithmetic.
-CPU_ATTENTION_FLOPS = {
-    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *_, **__: sdpa_flop_count(q, k, v),
-    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward:
-        lambda grad, q, k, v, *_, **__: sdpa_backward_flop_count(grad, q, k, v),
-}
+def _convolution_backward_flops(grad_out, x, weight, _bias, _stride, _padding, _dilation, transposed, _output_padding,
+                                _groups, output_mask, *_, **__) -> int:
+    """A convolution's backward: the forward's FLOPs once for each gradient asked for (input, weight). PyTorch
+    2.14's own formula ignores ``groups`` and counts a depthwise convolution's backward as a dense one's."""
+    return conv_flop_count(x, weight, grad_out, transposed) * (int(output_mask[0]) + int(output_mask[1]))
+
+
+FLOP_FORMULAS = {torch.ops.aten.convolution_backward: _convolution_backward_flops}
 
 
 def plain_training_rate(module: ViTClassifier, datamodule: MNISTDataModule, device: torch.device, precision: str,
@@ -194,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
 
         # FLOPs of one training step (forward + backward) per image; inference: the trained model.
         model = module.model.to(device)
-        with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter, autocast(device, args.precision):
+        with FlopCounterMode(display=False, custom_mapping=FLOP_FORMULAS) as counter, autocast(device, args.precision):
             torch.nn.functional.cross_entropy(model(images), targets).backward()
         flops_per_image = counter.get_total_flops() / args.batch_size
 
