@@ -17,7 +17,9 @@ from optuna.trial import TrialState
 from PIL import Image
 
 from support import REPO, tiny_args, write_dataset
-from vit_lightning.search import load_space, main, param_flags, run, sweep_config
+from vit_lightning.search.__main__ import main, run
+from vit_lightning.search.fit import param_flags
+from vit_lightning.search.space import load_space, sweep_config
 
 FAST = ["--trainer.max_epochs", "1", "--trainer.enable_model_summary", "false", "--data.translate", "0.0"]
 
