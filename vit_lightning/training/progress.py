@@ -71,5 +71,7 @@ class TrainingSpeed(Callback):
         if self._start is not None and self._end > self._start:
             pl_module.log("train/images_per_sec", self._images / (self._end - self._start), reduce_fx="sum",
                           sync_dist=True)
-        if trainer.is_global_zero:  # rank 0's clock; no collective, so a rank that stopped early cannot hang it
-            pl_module.log("train/elapsed_s", self.state_dict()["elapsed_s"], rank_zero_only=True)
+        if trainer.is_global_zero:  # rank 0's clock, to the loggers directly: no collective that could hang a rank
+            for logger in trainer.loggers:
+                logger.log_metrics({"train/elapsed_s": self.state_dict()["elapsed_s"], "epoch": trainer.current_epoch},
+                                   step=trainer.global_step)
