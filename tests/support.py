@@ -31,6 +31,21 @@ def make_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return images.astype(np.uint8), labels.astype(np.uint8)
 
 
+def on_page(image: np.ndarray, rng: np.random.Generator, scale: int = 3, page: tuple[int, int] = (192, 256),
+            paper: float = 200.0, ink: float = 30.0, noise: float = 6.0) -> np.ndarray:
+    """A dataset image (uint8 ``[H, W]``, light strokes on black) as a photo of ink on paper: ``scale`` times its
+    size, dark ink on a light-grey ``page`` (height, width) with noise, at a random place. uint8."""
+    from PIL import Image
+
+    height, width = image.shape
+    big = Image.fromarray(image).resize((width * scale, height * scale), Image.Resampling.BILINEAR)
+    strokes = np.zeros(page, dtype=np.float64)
+    top, left = rng.integers(0, page[0] - height * scale + 1), rng.integers(0, page[1] - width * scale + 1)
+    strokes[top:top + height * scale, left:left + width * scale] = np.asarray(big) / 255.0
+    photo = paper * (1 - strokes) + ink * strokes + rng.normal(0, noise, page)
+    return np.clip(photo, 0, 255).round().astype(np.uint8)
+
+
 def write_dataset(folder: Path, n_train: int = 240, n_test: int = 101, gz: bool = False) -> Path:
     """The four IDX files of a tiny dataset in ``folder``."""
     suffix = ".gz" if gz else ""

@@ -110,6 +110,16 @@ def test_ddp_predict_gathers_every_image_once(ddp_run, tmp_path):
     assert [row["file"] for row in rows] == [f"img{v:03d}.png" for v in range(0, 250, 50)]
 
 
+def test_a_mistake_every_process_finds_is_one_line_once(tmp_path):
+    """Found by every rank after the launch (the global batch is checked once the processes exist): rank 0 says it."""
+    data_root = write_dataset(tmp_path / "data", gz=True)
+    result = run_train("fit", *tiny_args(data_root, tmp_path / "run"), *DDP, "--data.batch_size", "41", env=ENV)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert [line for line in result.stderr.splitlines() if "error" in line.lower()] == [
+        "error: --data.batch_size 41 is the global batch and must divide evenly between 2 processes; choose a "
+        "multiple of 2"]
+
+
 @pytest.mark.parametrize("signum, group, at, batch, stopped_epoch, resume", [
     (signal.SIGINT, False, "train", 2, 1, False),  # kill -INT <main pid> (a resumed DDP fit: test_ddp_resume_with_ckpt_path_last)
     (signal.SIGTERM, False, "train", 2, 1, False),  # kill <main pid>

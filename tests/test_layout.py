@@ -14,7 +14,7 @@ import yaml
 
 from support import REPO
 from vit_lightning import MOVED
-from vit_lightning.architecture import ARCHITECTURE, RUN_TIME
+from vit_lightning.architecture import ARCHITECTURE, RUN_TIME, SETTINGS
 from vit_lightning.training import callbacks, compat
 from vit_lightning.training.module import ViTClassifier
 from vit_lightning.training.presets import preset_file
@@ -96,6 +96,7 @@ def test_the_architecture_is_declared_once_by_the_model_and_taken_over_by_the_mo
     assert {name: module[name].default for name in ARCHITECTURE} == ARCHITECTURE
     model = ViTClassifier(dim=16, depth=1, heads=2, patch_size=7)
     assert set(ARCHITECTURE) <= set(model.hparams) and not set(RUN_TIME) & set(model.hparams)
+    assert set(module) == SETTINGS  # what a checkpoint of this project may hold (serving.checkpoints.model_settings)
 
 
 def test_callbacks_are_registered_in_one_place(cli):

@@ -1,15 +1,19 @@
-"""Outside images to model input: light backgrounds inverted (option to keep them), transparency as white."""
+"""Outside images to model input: light backgrounds inverted (option to keep them), transparency as white, framed like
+the dataset's images, upright, every format Pillow reads, every skipped file named."""
 
 import csv
+import os
+import threading
 
+import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
-from support import PATCH_CLS, make_split
+from support import PATCH_CLS, make_split, on_page
+from vit_lightning.data.datasets import DIGITS, PRODUCTS
+from vit_lightning.data.preprocess import frame, has_light_background, load_images, prepare_image, printable
 from vit_lightning.training.cli import main
-from vit_lightning.data.preprocess import load_images
-from vit_lightning.data.preprocess import has_light_background, prepare_image
 
 
 def test_light_background_is_inverted_back_to_the_original_and_dark_ones_are_kept():
@@ -66,3 +70,82 @@ def test_predict_classifies_inverted_test_images_like_the_originals(exported, tm
     # the model's output depends on its input (its head is no longer zero), so inverted pixels that were not
     # restored exactly would show in the confidences
     assert len({confidence for _, confidence in classes["original"]}) > 1
+
+
+def drawing(kind: str) -> np.ndarray:
+    """A clean drawing (light on black, 200x200): a digit-like figure, or a product-like one that fills its box."""
+    canvas = Image.new("L", (200, 200), 0)
+    draw = ImageDraw.Draw(canvas)
+    if kind == "seven":
+        draw.line([(40, 30), (160, 30), (80, 180)], fill=255, width=14)
+    elif kind == "zero":
+        draw.ellipse((55, 25, 145, 175), outline=255, width=14)
+    elif kind == "four":
+        draw.line([(120, 180), (120, 20), (40, 130), (160, 130)], fill=255, width=14)
+    else:  # a bag
+        draw.rectangle((20, 60, 180, 170), fill=200)
+        draw.arc((60, 20, 140, 100), 180, 360, fill=255, width=10)
+    return np.asarray(canvas, dtype=np.float32)
+
+
+def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    return torch.corrcoef(torch.stack([a.float().flatten(), b.float().flatten()]))[0, 1].item()
+
+
+@pytest.mark.parametrize("kind, framing", [("seven", DIGITS), ("zero", DIGITS), ("four", DIGITS), ("bag", PRODUCTS)])
+def test_an_image_on_a_page_is_framed_back_to_the_datasets_format(kind, framing):
+    """A dataset-format image (framed as MNIST's digits or Fashion-MNIST's products were) photographed as dark ink
+    at 3x size somewhere on a noisy light-grey page, with specks of ink: framing restores it; resizing the page as
+    a whole (the switch off) does not."""
+    original = frame(drawing(kind), 28, framing)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        page = on_page(original.numpy(), rng)
+        page[rng.integers(0, page.shape[0], 2), rng.integers(0, page.shape[1], 2)] = 30  # two specks of ink
+        framed = prepare_image(Image.fromarray(page), 28, framing=framing)
+        assert correlation(framed, original) > 0.9
+        assert correlation(prepare_image(Image.fromarray(page), 28), original) < 0.4
+
+
+def test_framing_keeps_images_of_the_models_size_and_blank_ones():
+    images, _ = make_split(5, seed=3)
+    for image in torch.from_numpy(images):  # the dataset's own format: as it is
+        assert torch.equal(prepare_image(Image.fromarray(image.numpy()), 28, framing=DIGITS), image)
+    blank = prepare_image(Image.new("L", (300, 200), 230), 28, framing=DIGITS)
+    assert blank.shape == (28, 28) and blank.max() == 0  # a light page with nothing on it: inverted, empty
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    upright = np.zeros((56, 56), dtype=np.uint8)
+    upright[:, :28] = 255  # bright left half
+    stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)  # as a phone stores a portrait photo
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to show
+    stored.save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    [image], _, _ = load_images(tmp_path, 28, auto_invert=False)
+    assert image[:, :12].float().mean() > 240 and image[:, 16:].float().mean() < 15
+
+
+def test_every_format_pillow_reads_float_tiffs_scaled_and_every_skipped_file_named(tmp_path):
+    gradient = np.tile(np.linspace(0, 1, 28, dtype=np.float32), (28, 1))
+    Image.fromarray(gradient, mode="F").save(tmp_path / "float.tif")  # 32-bit float in 0..1
+    Image.fromarray((gradient * 255).astype(np.uint8)).convert("RGB").save(tmp_path / "colour.ppm")
+    (tmp_path / "notes.txt").write_text("not an image")
+    os.mkfifo(tmp_path / "x.png")  # a named pipe: opening it for reading would wait for a writer
+    result = {}
+    reader = threading.Thread(target=lambda: result.update(loaded=load_images(tmp_path, 28, auto_invert=False)),
+                              daemon=True)
+    reader.start()
+    reader.join(timeout=30)
+    assert "loaded" in result, "load_images blocked on a named pipe"
+    images, names, failures = result["loaded"]
+    assert names == ["colour.ppm", "float.tif"]
+    assert images[1, 0, ::9].tolist() == (gradient[0, ::9] * 255).round().astype(int).tolist()
+    assert images[0, 0, -1] == 255 and images[0, 0, 0] == 0
+    assert failures == [f"{tmp_path / 'notes.txt'}: not a readable image (UnidentifiedImageError)",
+                        f"{tmp_path / 'x.png'}: not a regular file"]
+
+
+def test_file_names_that_are_not_utf8_print_with_escapes():
+    name = os.fsdecode(b"caf\xe9.png")  # Latin-1: not UTF-8
+    assert printable(name) == "caf\\xe9.png" and printable("café.png") == "café.png"

@@ -17,6 +17,7 @@ DATASET_FACTS = ("num_classes", "image_size", "in_channels")  # the dataset's (l
 TRAINING_ONLY = ("optimizer", "lr_schedule", "warmup_fraction", "label_smoothing", "dropout")  # no effect on evaluation
 RUN_TIME = ("compile", "test_time_flip")  # choices of each run, not saved in checkpoints
 KIND = ("tokenizer", "pool", "pos_embedding")  # the choices that name the kind of model
+SETTINGS = {*ARCHITECTURE, *TRAINING_ONLY, *RUN_TIME}  # every --model setting: ViTClassifier's init arguments
 
 
 def architecture(settings: Mapping[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from vit_lightning.architecture import describe
 from vit_lightning.data.datasets import unit_range
 from vit_lightning.errors import UserError, exit_on_user_error
 from vit_lightning.outputs import RunFolder, require_writable_folder
-from vit_lightning.serving.checkpoints import LOG_DIR, load_checkpoint, resolve_checkpoint, saved_settings
+from vit_lightning.serving.checkpoints import LOG_DIR, load_checkpoint, resolve_checkpoint, saved_settings, trained_on
 from vit_lightning.serving.model_folder import from_checkpoint, model_card, save_model_folder
 from vit_lightning.serving.programs import export_onnx, export_program, onnxruntime_forward, run_batches
 from vit_lightning.training.datamodule import MNISTDataModule
@@ -33,7 +33,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output", required=True, type=Path, help="folder to write the exported files into")
     parser.add_argument("--trainer.default_root_dir", dest="run_dir", type=Path, default=Path("runs"),
                         help="the run folder whose checkpoints/ holds best and last (default: runs)")
-    parser.add_argument("--data.dataset", dest="dataset", help="default: the dataset the checkpoint was trained on")
+    parser.add_argument("--data.dataset", dest="dataset", help="the dataset of a checkpoint that does not say (one "
+                        "that does is exported with its own dataset)")
     parser.add_argument("--data.root", dest="root", help="the test split's folder (default: the training run's)")
     parser.add_argument("--data.download", dest="download", type=_boolean, default=None,
                         help="download the dataset when absent (default: as in the training run)")
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     datamodule = MNISTDataModule(
         dataset=model.dataset, root=args.root or data_settings.get("root", "data"),
         download=data_settings.get("download", True) if args.download is None else args.download)
+    datamodule.info = trained_on(checkpoint, ckpt_path) or datamodule.info  # its recorded normalisation
     datamodule.setup("test")
     test = datamodule.datasets["test"]
     images, labels = test.images[:args.limit], test.targets[:args.limit]
@@ -84,7 +86,9 @@ def main(argv: list[str] | None = None) -> None:
     export_onnx(model, args.output / "model.onnx")
     export_program(model, args.output / "model.pt2")
 
-    classifier = ViTClassifier.load_from_checkpoint(ckpt_path, map_location="cpu").eval()
+    classifier = ViTClassifier(**model.architecture)  # the settings test would take (serving.checkpoints.model_settings)
+    classifier.load_state_dict(checkpoint["state_dict"])
+    classifier.eval()
     reference, torch_speed = run_batches(lambda x: classifier(datamodule.transform(x, train=False)), images,
                                          args.batch_size)
     program = torch.export.load(args.output / "model.pt2").module()

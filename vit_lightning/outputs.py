@@ -1,16 +1,17 @@
-"""Where a run writes: the run folder's layout, folders checked before anything runs, files replaced atomically, and
-one line when a write fails anyway (a full disk, a location that is not writable). No Lightning: training writes
-the run folder, export and the demo read it."""
+"""Where a run writes: the run folder's layout, folders checked before anything runs, files replaced atomically, one
+line when a write fails anyway (a full disk, a location that is not writable), and a terminal whose reader may go
+away (``| head``). No Lightning: training writes the run folder, export and the demo read it."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
 import os
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, TextIO
 
 from vit_lightning.errors import UserError
 
@@ -89,3 +90,46 @@ def require_writable_folder(folder: Path, option: str) -> None:
         tempfile.TemporaryFile(dir=existing).close()
     except OSError:
         raise UserError(f"{option}: {existing} is not writable; choose a location you can write to") from None
+
+
+class ReaderMayLeave:
+    """Standard output whose reader may close it (``train.py predict | head -3``): from then on what is printed goes
+    to the null device, and the command goes on, instead of stopping at its next line with ``BrokenPipeError``
+    (which would lose a fit or a file not yet written)."""
+
+    def __init__(self, stream: TextIO):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._reader_left()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._reader_left()
+
+    def _reader_left(self) -> None:
+        """Point the file descriptor at the null device: the stream's buffered text, and any later output (also
+        from C code or at exit), is written there without error."""
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())
+        os.close(devnull)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def reader_may_leave() -> Iterator[None]:
+    """Run a command with ``sys.stdout`` as :class:`ReaderMayLeave`."""
+    stdout = sys.stdout
+    sys.stdout = ReaderMayLeave(stdout)
+    try:
+        yield
+    finally:
+        sys.stdout = stdout

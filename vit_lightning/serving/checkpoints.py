@@ -1,21 +1,27 @@
 """Checkpoint files, without Lightning: what a checkpoint of this project holds besides Lightning's own keys, how
-``best`` and ``last`` are found in a run folder, how a file is loaded and checked against a model. Training
-(:mod:`vit_lightning.training.checkpointing` writes them), export and the demo read them through this module."""
+``best`` and ``last`` are found in a run folder, how a file is loaded and checked against a model, and the one
+place that decides the model settings and the dataset a checkpoint stands for (older checkpoints included).
+Training (:mod:`vit_lightning.training.checkpointing` writes them; the CLI reads them), export and the demo read
+them through this module."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Mapping
 
 import torch
 
-from vit_lightning.architecture import ARCHITECTURE
+from vit_lightning.architecture import ARCHITECTURE, SETTINGS
+from vit_lightning.data.datasets import DATASETS, DatasetInfo
 from vit_lightning.layers import OBSOLETE_PARAMETERS
 from vit_lightning.errors import UserError
 from vit_lightning.outputs import LAST_CHECKPOINT
 
 LOG_DIR = "log_dir"  # the folder the run logged its metrics to, which a resumed fit continues
 LOGGER_VERSIONS = "logger_versions"  # {logger class name: its version}, e.g. the W&B run id a resumed fit continues
+DATASET = "dataset"  # the dataset the model was trained on, as far as the model depends on it (dataset_record)
+DATASET_RECORD = ("name", "classes", "mean", "std", "image_size", "in_channels")
 
 
 def resolve_checkpoint(ckpt_path: str | None, checkpoint_dir: Path, fit: bool) -> str | None:
@@ -68,12 +74,56 @@ def load_checkpoint(path: Path) -> dict:
     return checkpoint
 
 
-def model_settings(checkpoint: Mapping) -> dict:
-    """The model's init arguments saved in ``checkpoint`` (its ``--model`` settings). Architecture options newer
-    than the checkpoint take the model's defaults, which rebuild the architecture it was trained with (the
-    configs' defaults may have moved on)."""
-    saved = saved_settings(checkpoint.get("hyper_parameters") or {})
+def model_settings(checkpoint: Mapping, path: str | Path) -> dict:
+    """The model's init arguments saved in ``checkpoint`` (its ``--model`` settings), ``{}`` if it saved none.
+    Architecture options newer than the checkpoint take the model's defaults, which rebuild the architecture it
+    was trained with (the configs' defaults may have moved on). Raises a one-line :class:`UserError` for the
+    checkpoint of another LightningModule."""
+    hyper_parameters = checkpoint.get("hyper_parameters") or {}
+    saved = saved_settings(hyper_parameters)
+    foreign = sorted(saved.keys() - SETTINGS)
+    class_path = hyper_parameters.get("_class_path", "")  # LightningCLI's subclass mode
+    if foreign or (class_path and not class_path.endswith(".ViTClassifier")):
+        what = f"its model settings {', '.join(foreign[:3])}" if foreign else f"its model {class_path}"
+        raise UserError(f"--ckpt_path {path} is not a vit-lightning checkpoint ({what} are not this project's); "
+                        "pass a .ckpt file written by this project's train.py")
     return {**ARCHITECTURE, **saved} if saved else {}
+
+
+def dataset_record(info: DatasetInfo) -> dict:
+    """What a checkpoint keeps under :data:`DATASET` of the dataset its model was trained on."""
+    return {"name": info.name, "classes": list(info.classes), "mean": info.mean, "std": info.std,
+            "image_size": info.image_size, "in_channels": info.in_channels}
+
+
+def trained_on(checkpoint: Mapping, path: str | Path) -> DatasetInfo | None:
+    """The dataset ``checkpoint``'s model was trained on, with the class names, normalisation and image size the
+    checkpoint recorded; for a checkpoint older than that record, the dataset its data settings name, with
+    today's facts; ``None`` if it names none."""
+    record = checkpoint.get(DATASET) or {}
+    name = record.get("name") or (checkpoint.get("datamodule_hyper_parameters") or {}).get("dataset")
+    if name is None:
+        return None
+    if name not in DATASETS:
+        raise UserError(f"--ckpt_path {path} was trained on {name!r}, which this version does not know "
+                        f"({', '.join(DATASETS)}); use the version that trained it")
+    recorded = {key: record[key] for key in DATASET_RECORD[1:] if key in record}
+    if "classes" in recorded:
+        recorded["classes"] = tuple(recorded["classes"])
+    return replace(DATASETS[name], **recorded)
+
+
+def dataset_for(checkpoint: Mapping, path: str | Path | None, given: str | None,
+                remedy: str = "the checkpoint's dataset applies: drop --data.dataset") -> DatasetInfo | None:
+    """The dataset to use with ``checkpoint`` (``{}``: none): the one it was trained on (:func:`trained_on`), which
+    ``given`` (``--data.dataset``) may repeat but not contradict (a one-line :class:`UserError` ending in
+    ``remedy``); else ``given``; ``None`` when neither names one."""
+    if given is not None and given not in DATASETS:
+        raise UserError(f"unknown --data.dataset {given!r}; choose one of {', '.join(DATASETS)}")
+    trained = trained_on(checkpoint, path)
+    if trained is not None and given not in (None, trained.name):
+        raise UserError(f"--ckpt_path {path} was trained on --data.dataset {trained.name}, not {given}; {remedy}")
+    return trained or (DATASETS[given] if given else None)
 
 
 def saved_settings(hyper_parameters: Mapping) -> dict:

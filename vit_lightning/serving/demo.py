@@ -1,8 +1,9 @@
 """``python -m vit_lightning.demo --ckpt_path best|last|PATH`` (or ``--model DIR``) ``[--port N]``: a drawing pad in the
 browser (Gradio) showing the model's top-3 classes and its attention rollout as you draw or upload an image.
 
-Local only by default (``--host 127.0.0.1``), no network needed. Images go through the same preprocessing as
-``predict`` (:func:`vit_lightning.data.preprocess.prepare_image`), light backgrounds inverted unless ``--auto_invert false``.
+Local only by default (``--host 127.0.0.1``), no network needed; it needs the model only, no dataset files. Images go
+through the same preprocessing as ``predict`` (:func:`vit_lightning.data.preprocess.prepare_image`): light
+backgrounds inverted unless ``--auto_invert false``, framed like the dataset's images unless ``--frame false``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vit_lightning.data.datasets import unit_range
+from vit_lightning.data.datasets import DATASETS, DIGITS, unit_range
 from vit_lightning.errors import UserError, exit_on_user_error
 from vit_lightning.outputs import RunFolder
 from vit_lightning.serving.checkpoints import load_checkpoint, resolve_checkpoint
@@ -31,14 +32,15 @@ class Predictor:
     def __init__(self, model: PretrainedViT):
         self.model = model.eval()
         self.size = model.architecture["image_size"]
+        self.framing = DATASETS[model.dataset].framing if model.dataset in DATASETS else DIGITS
 
-    def __call__(self, image: Image.Image | None, auto_invert: bool = True) -> tuple[dict[str, float] | None,
-                                                                                     np.ndarray | None]:
+    def __call__(self, image: Image.Image | None, auto_invert: bool = True, frame: bool = True
+                 ) -> tuple[dict[str, float] | None, np.ndarray | None]:
         """Class probabilities (all classes; the page shows the top 3) and the rollout over the model's input as
         an RGB picture; ``(None, None)`` for no image or an empty canvas."""
         if image is None:
             return None, None
-        pixels = prepare_image(image, self.size, auto_invert)
+        pixels = prepare_image(image, self.size, auto_invert, self.framing if frame else None)
         if pixels.min() == pixels.max():  # an empty canvas (or a blank image): nothing to classify
             return None, None
         images = unit_range(pixels)
@@ -61,12 +63,12 @@ def rollout_picture(pixels: torch.Tensor, rollout: torch.Tensor) -> np.ndarray:
     return np.asarray(picture.resize((DISPLAY_SIZE, DISPLAY_SIZE), Image.Resampling.NEAREST))
 
 
-def build_demo(predictor: Predictor, title: str, auto_invert: bool = True):
+def build_demo(predictor: Predictor, title: str, auto_invert: bool = True, frame: bool = True):
     """The Gradio page: a sketchpad (draw, or upload an image), the top-3 classes and the attention rollout."""
     import gradio as gr
 
-    def classify(value: dict | None, invert: bool):
-        return predictor(value.get("composite") if value else None, invert)
+    def classify(value: dict | None, invert: bool, framed: bool):
+        return predictor(value.get("composite") if value else None, invert, framed)
 
     with gr.Blocks(title=title, analytics_enabled=False) as demo:
         gr.Markdown(f"## {title}\nPick the brush and draw with the mouse, or upload an image: the top 3 classes "
@@ -80,9 +82,11 @@ def build_demo(predictor: Predictor, title: str, auto_invert: bool = True):
                 rollout = gr.Image(label="attention rollout over the model's input", type="numpy",
                                    interactive=False, elem_id="rollout")
                 invert = gr.Checkbox(value=auto_invert, label="invert a light background (dark strokes on paper)")
+                framed = gr.Checkbox(value=frame, label="frame like the dataset (crop, scale and centre the drawing)")
         # strokes fire "change"; an upload fires "upload" (Gradio 6)
-        for trigger in (pad.change, pad.upload, invert.change):
-            trigger(classify, [pad, invert], [top3, rollout], show_progress="hidden", trigger_mode="always_last")
+        for trigger in (pad.change, pad.upload, invert.change, framed.change):
+            trigger(classify, [pad, invert, framed], [top3, rollout], show_progress="hidden",
+                    trigger_mode="always_last")
     return demo
 
 
@@ -106,6 +110,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "only; 0.0.0.0 shares it with the network)")
     parser.add_argument("--auto_invert", choices=("true", "false"), default="true",
                         help="invert images with a light background (default true)")
+    parser.add_argument("--frame", choices=("true", "false"), default="true",
+                        help="crop, scale and centre images as the dataset's were (default true)")
     return parser.parse_args(argv)
 
 
@@ -116,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     hosts = [h for h in os.environ.get("no_proxy", "").split(",") if h]
     os.environ["no_proxy"] = os.environ["NO_PROXY"] = ",".join(hosts + ["localhost", "127.0.0.1", args.host])
     title = f"Vision Transformer: {model.dataset or 'classifier'}"
-    demo = build_demo(Predictor(model), title, auto_invert=args.auto_invert == "true")
+    demo = build_demo(Predictor(model), title, auto_invert=args.auto_invert == "true", frame=args.frame == "true")
     try:
         demo.launch(server_name=args.host, server_port=args.port, quiet=True, prevent_thread_lock=True,
                     ssr_mode=False)

@@ -16,6 +16,7 @@ from vit_lightning.architecture import ARCHITECTURE, architecture
 from vit_lightning.data.datasets import DATASETS, normalize
 from vit_lightning.errors import UserError
 from vit_lightning.model import VisionTransformer
+from vit_lightning.serving.checkpoints import dataset_for, model_settings
 
 FOLDER_FILES = ("config.json", "model.safetensors")
 
@@ -58,18 +59,17 @@ class PretrainedViT(
 
 def from_checkpoint(checkpoint: dict, path: str | Path, dataset: str | None = None) -> PretrainedViT:
     """The model of a training checkpoint (as loaded by :func:`vit_lightning.serving.checkpoints.load_checkpoint`),
-    with the class names and normalisation of its dataset (the one it was trained on, or ``dataset``)."""
-
-    hyper_parameters = checkpoint.get("hyper_parameters") or {}
-    dataset = dataset or (checkpoint.get("datamodule_hyper_parameters") or {}).get("dataset")
-    if not {"dim", "depth", "heads"} <= hyper_parameters.keys():
-        raise UserError(f"--ckpt_path {path} holds no ViTClassifier hyper-parameters; pass a .ckpt file written "
+    with the class names and normalisation of the dataset it was trained on (``dataset`` may only repeat it; it
+    names the dataset of a checkpoint that does not say)."""
+    settings = model_settings(checkpoint, path)
+    if not settings:
+        raise UserError(f"--ckpt_path {path} holds no model settings (hyper_parameters); pass a .ckpt file written "
                         "by this project's train.py")
-    if dataset not in DATASETS:
-        raise UserError(f"--ckpt_path {path} does not say which dataset it was trained on ({dataset!r}); "
-                        f"pass --dataset ({', '.join(DATASETS)})")
-    info = DATASETS[dataset]
-    model = PretrainedViT(architecture(hyper_parameters), list(info.classes), info.mean, info.std, dataset)
+    info = dataset_for(checkpoint, path, dataset)
+    if info is None:
+        raise UserError(f"--ckpt_path {path} does not say which dataset it was trained on; pass --data.dataset "
+                        f"({', '.join(DATASETS)})")
+    model = PretrainedViT(architecture(settings), list(info.classes), info.mean, info.std, info.name)
     try:
         model.load_state_dict(checkpoint["state_dict"], strict=True)
     except RuntimeError as error:

@@ -17,8 +17,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from vit_lightning.data.datasets import DatasetInfo
 from vit_lightning.outputs import LAST_CHECKPOINT, atomic_write
-from vit_lightning.serving.checkpoints import LOG_DIR, LOGGER_VERSIONS
+from vit_lightning.serving.checkpoints import DATASET, LOG_DIR, LOGGER_VERSIONS, dataset_record
 from vit_lightning.training import compat
 
 
@@ -49,7 +50,8 @@ class Checkpoint(ModelCheckpoint):
       validation batch (every DDP rank stops at the same batch) and print one line saying how to resume (a second
       Ctrl-C stops at once); other exceptions save nothing, so a failure never overwrites a good checkpoint;
     - each checkpoint records the log folder (:data:`LOG_DIR`) and every logger's version (:data:`LOGGER_VERSIONS`,
-      a W&B run id), so a resumed run can continue the same metrics log and the same W&B run.
+      a W&B run id), so a resumed run can continue the same metrics log and the same W&B run, and the dataset
+      (:data:`DATASET`: its name, classes, normalisation and image size), which predict, test, export and the demo use.
 
     It extends ``ModelCheckpoint`` through members Lightning keeps private (all in :mod:`.compat`):
     tests/test_robustness.py pins the behaviour they give.
@@ -73,6 +75,9 @@ class Checkpoint(ModelCheckpoint):
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         checkpoint[LOG_DIR] = trainer.log_dir
         checkpoint[LOGGER_VERSIONS] = {type(logger).__name__: logger.version for logger in trainer.loggers}
+        info = getattr(trainer.datamodule, "info", None)  # the project's data module (not plain dataloaders)
+        if isinstance(info, DatasetInfo):
+            checkpoint[DATASET] = dataset_record(info)
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_fit_start(trainer, pl_module)

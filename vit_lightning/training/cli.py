@@ -20,9 +20,10 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from vit_lightning.architecture import DATASET_FACTS, TRAINING_ONLY
 from vit_lightning.errors import UserError
-from vit_lightning.outputs import NO_SPACE, NOT_WRITABLE, RunFolder, require_writable_folder, storage_problem
-from vit_lightning.serving.checkpoints import (LOG_DIR, load_checkpoint, logger_version, model_settings,
-                                               require_fitting_state, resolve_checkpoint)
+from vit_lightning.outputs import (NO_SPACE, NOT_WRITABLE, RunFolder, reader_may_leave, require_writable_folder,
+                                   storage_problem)
+from vit_lightning.serving.checkpoints import (LOG_DIR, dataset_for, load_checkpoint, logger_version,
+                                               model_settings, require_fitting_state, resolve_checkpoint, trained_on)
 from vit_lightning.training import callbacks, compat
 from vit_lightning.training.datamodule import MNISTDataModule
 from vit_lightning.training.metrics_log import ResumableCSVLogger
@@ -102,6 +103,7 @@ class ViTCLI(LightningCLI):
                                                   fit=self.config.subcommand == "fit")
             if config.ckpt_path not in (None, "last"):  # "last" stays a name only for a fit with nothing to resume
                 self.checkpoint = load_checkpoint(Path(config.ckpt_path))
+            config.data.dataset = self._dataset(config)
             require_writable_folder(root, "--trainer.default_root_dir")
             if self.config.subcommand == "fit":
                 require_writable_folder(Path(config.checkpoint.dirpath), "--checkpoint.dirpath")
@@ -120,16 +122,27 @@ class ViTCLI(LightningCLI):
                     raise UserError(f"--predictions.output {output} is read-only; make it writable or choose "
                                     "another file")
 
+    def _dataset(self, config: Namespace) -> str:
+        """The dataset to use: the checkpoint's (``--data.dataset`` may only repeat it), else ``--data.dataset``,
+        else MNIST."""
+        remedy = ("a resumed fit trains on its own dataset: drop --data.dataset (and a --config that sets it), or "
+                  "train a new run in another --trainer.default_root_dir" if self.config.subcommand == "fit"
+                  else "the checkpoint's dataset applies: drop --data.dataset (and a --config that sets it)")
+        info = dataset_for(self.checkpoint or {}, config.ckpt_path, config.data.dataset, remedy)
+        return info.name if info else "mnist"
+
     def _parse_ckpt_path(self) -> None:
         """Take the model settings from the ``--ckpt_path`` checkpoint (as LightningCLI does), after refusing
         ``--model`` settings given on the command line or in a ``--config`` that contradict them (which
         LightningCLI would silently override)."""
-        hparams = {key: value for key, value in model_settings(self.checkpoint or {}).items()
-                   if key not in DATASET_FACTS}  # linked from the data; a checkpoint of other data does not fit
-        if not hparams:
+        if self.checkpoint is None:
             return
         subcommand = self.config.subcommand
         config = self.config[subcommand]
+        hparams = {key: value for key, value in model_settings(self.checkpoint, config.ckpt_path).items()
+                   if key not in DATASET_FACTS}  # linked from the data; a checkpoint of other data does not fit
+        if not hparams:
+            return
         defaults = compat.subcommand_defaults(self, subcommand).model
         conflicts = contradicted_settings(hparams, config.model.as_dict(), defaults.as_dict())
         if subcommand != "fit":
@@ -180,6 +193,9 @@ class ViTCLI(LightningCLI):
             self.trainer.logger.add_evaluation(checkpoint.get("epoch", 0), checkpoint.get("global_step", 0))
         if self.checkpoint is None:
             return
+        trained = trained_on(self.checkpoint, self.config[self.subcommand].ckpt_path)
+        if trained is not None:  # its recorded class names and normalisation
+            self.datamodule.info = trained
         require_fitting_state(self.model, self.checkpoint["state_dict"], self.config[self.subcommand].ckpt_path)
         if self.subcommand == "fit" and isinstance(self.trainer.logger, ResumableCSVLogger):
             self.trainer.logger.continue_from(self.checkpoint.get(LOG_DIR), self.checkpoint["global_step"])
@@ -237,9 +253,11 @@ def main(args: list[str] | None = None) -> None:
     Ctrl-C 1 (after the checkpoint callback saved ``last.ckpt`` and said so)."""
     compat.silence_library_noise()
     try:
-        ViTCLI(args=args)
+        with reader_may_leave():  # a closed stdout (| head) never ends a fit or a predict early
+            ViTCLI(args=args)
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
+        if rank_zero_only.rank == 0:  # under DDP every process raises it: say it once
+            print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
     except SIGTERMException as error:  # also Ctrl-C during fit (see checkpointing.Checkpoint), marked ctrl_c
         sys.exit(1 if getattr(error, "ctrl_c", False) else 128 + signal.SIGTERM)

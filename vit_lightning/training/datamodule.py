@@ -13,10 +13,10 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from vit_lightning.data.augment import RandomAffine
-from vit_lightning.data.datasets import DATASETS, normalize, unit_range
+from vit_lightning.data.datasets import DATASETS, DatasetInfo, normalize, unit_range
 from vit_lightning.data.idx import SPLIT_FILES, find_idx_files, load_split
 from vit_lightning.data.memory import InMemoryImages, batch_as_is, split
-from vit_lightning.data.preprocess import load_images
+from vit_lightning.data.preprocess import load_images, printable
 from vit_lightning.errors import UserError
 from vit_lightning.training.compat import UnrepeatedDistributedSampler
 
@@ -51,13 +51,16 @@ class MNISTDataModule(LightningDataModule):
     gets ``batch_size / N`` per step, so 1 and N devices train with the same steps and learning rate.
     ``hflip=None`` flips half the training images of a mirror-symmetric dataset (Fashion-MNIST), none of the
     digits or characters. ``auto_invert`` inverts predict images with a light background (dark strokes on
-    paper) to MNIST's light strokes on black. ``train_subset`` N trains on the first N images of the training
+    paper) to MNIST's light strokes on black; ``frame`` crops, scales and centres them as the dataset's images
+    were (:mod:`vit_lightning.data.preprocess`). ``train_subset`` N trains on the first N images of the training
     file only (a small-data run); validation then draws its ``val_size`` images from the rest of the file.
+    ``dataset=None`` is MNIST; the CLI makes it the checkpoint's with ``--ckpt_path``. Predict reads no dataset
+    files, only its images.
     """
 
     def __init__(
         self,
-        dataset: Literal["mnist", "fashion_mnist", "kmnist"] = "mnist",
+        dataset: Literal["mnist", "fashion_mnist", "kmnist"] | None = None,
         root: str = "data",
         download: bool = True,
         val_size: int | float = 5000,
@@ -73,8 +76,10 @@ class MNISTDataModule(LightningDataModule):
         seed: int = 42,
         predict_path: str | None = None,
         auto_invert: bool = True,
+        frame: bool = True,
     ):
         super().__init__()
+        dataset = dataset or "mnist"
         if dataset not in DATASETS:
             raise UserError(f"unknown --data.dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
         for name, value, least in (("batch_size", batch_size, 1), ("eval_batch_size", eval_batch_size, 1),
@@ -82,18 +87,33 @@ class MNISTDataModule(LightningDataModule):
             if value < least:
                 raise UserError(f"--data.{name} must be at least {least}, got {value}")
         self.save_hyperparameters(logger=False)  # loggers get the whole CLI config (tracking.RunConfig)
-        self.info = DATASETS[dataset]
+        self.info: DatasetInfo = DATASETS[dataset]  # the CLI gives it a checkpoint's recorded facts
         self.root = Path(root).expanduser()
-        self.classes = self.info.classes
-        self.num_classes = len(self.classes)
-        self.image_size, self.in_channels = self.info.image_size, self.info.in_channels
         if hflip is None:  # flip clothes, not digits or characters
             hflip = 0.5 if self.info.mirror_symmetric else 0.0
         self.augmentation = RandomAffine(degrees, translate, scale, hflip, seed=seed) if augment else None
         self.predict_names: list[str] = []
         self.datasets: dict[str, InMemoryImages] = {}
 
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.info.classes
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.info.classes)
+
+    @property
+    def image_size(self) -> int:
+        return self.info.image_size
+
+    @property
+    def in_channels(self) -> int:
+        return self.info.in_channels
+
     def prepare_data(self) -> None:
+        if self.trainer is not None and self.trainer.predicting:  # outside images only
+            return
         if find_idx_files(self.root, self.hparams.dataset) is not None:
             return
         root = self.root.absolute()
@@ -120,10 +140,11 @@ class MNISTDataModule(LightningDataModule):
         if stage == "predict":
             if self.hparams.predict_path is None:
                 raise UserError("predict needs images: pass --data.predict_path IMAGE_OR_FOLDER")
+            framing = self.info.framing if self.hparams.frame else None
             images, self.predict_names, failures = load_images(
-                Path(self.hparams.predict_path), self.image_size, self.hparams.auto_invert)
+                Path(self.hparams.predict_path), self.image_size, self.hparams.auto_invert, framing)
             for failure in failures:
-                print(f"skipped {failure}")
+                print(f"skipped {printable(failure)}")
             self.datasets["predict"] = InMemoryImages(images, torch.arange(len(images)))  # targets: Predictions.index
             return
         files = find_idx_files(self.root, self.hparams.dataset)

@@ -16,6 +16,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from vit_lightning.data.preprocess import printable
 from vit_lightning.outputs import atomic_write
 
 
@@ -34,11 +35,13 @@ class Predictions(NamedTuple):
 
 
 class PredictionWriter(Callback):
-    """After ``predict``, print file, predicted class and confidence per image; optionally write them as CSV.
+    """After ``predict``, optionally write file, predicted class and confidence per image as CSV, then print them.
 
-    Under DDP the rows of all ranks are gathered to rank 0, which prints and writes them once. The CSV file is
-    written to ``NAME.tmp`` and renamed into place. SIGTERM stops predicting before the next batch (Lightning's
-    prediction loop, unlike the others, does not check for it) and writes nothing.
+    Under DDP the rows of all ranks are gathered to rank 0, which writes and prints them once. The CSV file is
+    written first (to ``NAME.tmp``, renamed into place), with file names byte for byte as the file system has them
+    (names that are not UTF-8 too); the table printed after it shows such bytes as ``\\xNN``. SIGTERM stops
+    predicting before the next batch (Lightning's prediction loop, unlike the others, does not check for it) and
+    writes nothing.
     """
 
     def __init__(self, output: str | None = None):
@@ -72,15 +75,19 @@ class PredictionWriter(Callback):
             return
         names, classes = trainer.datamodule.predict_names, trainer.datamodule.classes
         table = [(names[index], classes[label], confidence) for index, label, confidence in sorted(rows)]
-        width = max(len("file"), *(len(name) for name, _, _ in table))
-        print(f"{'file':<{width}}  {'class':<12} confidence")
-        for name, label, confidence in table:
-            print(f"{name:<{width}}  {label:<12} {confidence:.4f}")
-        if self.output:
+        if self.output:  # the file first: a closed terminal (| head) must not lose it
             path = Path(self.output)
             path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_write(path) as temporary, temporary.open("w", newline="") as f:  # never half a table
+            # file names as the file system has them: bytes that are not UTF-8 are written back as they were
+            with atomic_write(path) as temporary, temporary.open("w", newline="", encoding="utf-8",
+                                                                 errors="surrogateescape") as f:  # never half a table
                 writer = csv.writer(f)
                 writer.writerow(["file", "class", "confidence"])
                 writer.writerows((name, label, f"{confidence:.6f}") for name, label, confidence in table)
-            print(f"wrote {len(table)} predictions to {path}")
+        shown = [(printable(name), label, confidence) for name, label, confidence in table]
+        width = max(len("file"), *(len(name) for name, _, _ in shown))
+        print(f"{'file':<{width}}  {'class':<12} confidence")
+        for name, label, confidence in shown:
+            print(f"{name:<{width}}  {label:<12} {confidence:.4f}")
+        if self.output:
+            print(f"wrote {len(table)} predictions to {printable(self.output)}")
