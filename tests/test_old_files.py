@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from support import TESTS, read_metrics, tiny_args
+from vit_lightning.data.datasets import DATASETS
 from vit_lightning.export import main as export
+from vit_lightning.serving.checkpoints import dataset_record
 from vit_lightning.training.cli import main
 
 FIXTURES = TESTS / "fixtures" / "cfd87c3"
@@ -60,6 +62,7 @@ def test_an_old_checkpoint_tests_resumes_and_exports(data_root, tmp_path):
     main(["fit", *tiny_args(data_root, run), "--ckpt_path", str(OLD_CHECKPOINT)])  # to max_epochs 2
     resumed = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert (resumed["epoch"], resumed["global_step"]) == (1, 10)
+    assert resumed["dataset"] == dataset_record(DATASETS["mnist"])  # what it lacked is recorded now
 
     with contextlib.redirect_stdout(io.StringIO()) as printed:
         export(["--ckpt_path", str(OLD_CHECKPOINT), "--output", str(tmp_path / "export"), "--data.root",

@@ -133,8 +133,8 @@ Input: 28x28 grayscale images scaled to [0, 1], light strokes on a dark backgrou
 - Anything else (photos, several objects, other classes, colour) still gets one of these {len(model.classes)}
   classes, often with high confidence: the model cannot say "none of these".
 - The accuracy above holds for the dataset's own test split; drawings, photos and scans differ from it (stroke
-  width, centring, background) and are classified less accurately. Dark-on-light images must be inverted first
-  (`predict` and the demo do it: see `vit_lightning.data.preprocess`).
+  width, centring, background) and are classified less accurately. Dark-on-light images must be inverted and
+  framed like the dataset's first (`predict` and the demo do it: see `vit_lightning.data.preprocess`).
 - Not for decisions about people, safety or money.
 """
 
