@@ -36,8 +36,9 @@ def main(checkpoint: str, root: str, n: int | None = None) -> None:
     pages = [Image.fromarray(on_page(image.numpy(), rng)) for image in images]
     rows = {
         "test images as they are": images,
-        "test images, framed again": torch.stack([frame(image.numpy().astype(np.float32), 28, framing) for image in images]),
-        "on paper, resized as a whole (--data.frame false)": torch.stack([prepare_image(page, 28) for page in pages]),
+        "test images, framed again": torch.stack([frame(image.numpy().astype(np.float32), 28, framing)
+                                                  for image in images]),
+        "on paper, resized as a whole (--data.framing false)": torch.stack([prepare_image(page, 28) for page in pages]),
         "on paper, framed (default)": torch.stack([prepare_image(page, 28, framing=framing) for page in pages]),
     }
     print(f"{checkpoint} ({model.dataset}), {len(labels)} test images:")

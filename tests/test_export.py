@@ -79,7 +79,7 @@ def test_bad_inputs_are_one_line_each(exported, tmp_path, capsys):
     assert "is not a readable checkpoint" in export_error(
         capsys, "--ckpt_path", str(tmp_path / "notes.ckpt"), "--output", output)
     torch.save({"state_dict": {"encoder.weight": torch.zeros(2)}}, tmp_path / "foreign.ckpt")
-    assert "holds no ViTClassifier hyper-parameters" in export_error(
+    assert "holds no model settings (hyper_parameters)" in export_error(
         capsys, "--ckpt_path", str(tmp_path / "foreign.ckpt"), "--output", output)
     (tmp_path / "file").write_text("")
     assert "--output: cannot create" in export_error(

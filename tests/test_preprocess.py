@@ -14,6 +14,7 @@ from support import PATCH_CLS, make_split, on_page
 from vit_lightning.data.datasets import DIGITS, PRODUCTS
 from vit_lightning.data.preprocess import frame, has_light_background, load_images, prepare_image, printable
 from vit_lightning.training.cli import main
+from vit_lightning.training.datamodule import MNISTDataModule
 
 
 def test_light_background_is_inverted_back_to_the_original_and_dark_ones_are_kept():
@@ -149,3 +150,12 @@ def test_every_format_pillow_reads_float_tiffs_scaled_and_every_skipped_file_nam
 def test_file_names_that_are_not_utf8_print_with_escapes():
     name = os.fsdecode(b"caf\xe9.png")  # Latin-1: not UTF-8
     assert printable(name) == "caf\\xe9.png" and printable("café.png") == "café.png"
+
+
+def test_predict_frames_unless_told_not_to(tmp_path):
+    page = Image.fromarray(on_page(frame(drawing("seven"), 28, DIGITS).numpy(), np.random.default_rng(1)))
+    page.save(tmp_path / "page.png")
+    for framing, expected in ((True, prepare_image(page, 28, framing=DIGITS)), (False, prepare_image(page, 28))):
+        data = MNISTDataModule(predict_path=str(tmp_path), framing=framing)
+        data.setup("predict")
+        assert torch.equal(data.datasets["predict"].images[0], expected)

@@ -3,7 +3,7 @@ browser (Gradio) showing the model's top-3 classes and its attention rollout as 
 
 Local only by default (``--host 127.0.0.1``), no network needed; it needs the model only, no dataset files. Images go
 through the same preprocessing as ``predict`` (:func:`vit_lightning.data.preprocess.prepare_image`): light
-backgrounds inverted unless ``--auto_invert false``, framed like the dataset's images unless ``--frame false``.
+backgrounds inverted unless ``--auto_invert false``, framed like the dataset's images unless ``--framing false``.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "only; 0.0.0.0 shares it with the network)")
     parser.add_argument("--auto_invert", choices=("true", "false"), default="true",
                         help="invert images with a light background (default true)")
-    parser.add_argument("--frame", choices=("true", "false"), default="true",
+    parser.add_argument("--framing", choices=("true", "false"), default="true",
                         help="crop, scale and centre images as the dataset's were (default true)")
     return parser.parse_args(argv)
 
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     hosts = [h for h in os.environ.get("no_proxy", "").split(",") if h]
     os.environ["no_proxy"] = os.environ["NO_PROXY"] = ",".join(hosts + ["localhost", "127.0.0.1", args.host])
     title = f"Vision Transformer: {model.dataset or 'classifier'}"
-    demo = build_demo(Predictor(model), title, auto_invert=args.auto_invert == "true", frame=args.frame == "true")
+    demo = build_demo(Predictor(model), title, auto_invert=args.auto_invert == "true", frame=args.framing == "true")
     try:
         demo.launch(server_name=args.host, server_port=args.port, quiet=True, prevent_thread_lock=True,
                     ssr_mode=False)

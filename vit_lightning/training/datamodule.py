@@ -51,7 +51,7 @@ class MNISTDataModule(LightningDataModule):
     gets ``batch_size / N`` per step, so 1 and N devices train with the same steps and learning rate.
     ``hflip=None`` flips half the training images of a mirror-symmetric dataset (Fashion-MNIST), none of the
     digits or characters. ``auto_invert`` inverts predict images with a light background (dark strokes on
-    paper) to MNIST's light strokes on black; ``frame`` crops, scales and centres them as the dataset's images
+    paper) to MNIST's light strokes on black; ``framing`` crops, scales and centres them as the dataset's images
     were (:mod:`vit_lightning.data.preprocess`). ``train_subset`` N trains on the first N images of the training
     file only (a small-data run); validation then draws its ``val_size`` images from the rest of the file.
     ``dataset=None`` is MNIST; the CLI makes it the checkpoint's with ``--ckpt_path``. Predict reads no dataset
@@ -76,7 +76,7 @@ class MNISTDataModule(LightningDataModule):
         seed: int = 42,
         predict_path: str | None = None,
         auto_invert: bool = True,
-        frame: bool = True,
+        framing: bool = True,  # not "frame": Lightning's save_hyperparameters drops an argument of that name
     ):
         super().__init__()
         dataset = dataset or "mnist"
@@ -140,9 +140,9 @@ class MNISTDataModule(LightningDataModule):
         if stage == "predict":
             if self.hparams.predict_path is None:
                 raise UserError("predict needs images: pass --data.predict_path IMAGE_OR_FOLDER")
-            framing = self.info.framing if self.hparams.frame else None
             images, self.predict_names, failures = load_images(
-                Path(self.hparams.predict_path), self.image_size, self.hparams.auto_invert, framing)
+                Path(self.hparams.predict_path), self.image_size, self.hparams.auto_invert,
+                self.info.framing if self.hparams.framing else None)
             for failure in failures:
                 print(f"skipped {printable(failure)}")
             self.datasets["predict"] = InMemoryImages(images, torch.arange(len(images)))  # targets: Predictions.index
