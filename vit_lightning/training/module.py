@@ -77,6 +77,15 @@ class ViTClassifier(LightningModule):
             self.model.compile()  # in place: parameter names (and checkpoints) stay those of the plain model
             self._compiled = True
 
+    def on_train_start(self) -> None:
+        """A resumed fit follows the schedule computed for its own length from the step it resumes at: the
+        checkpoint holds the learning rates of the schedule it was trained with (another length when
+        ``max_epochs`` changed), which the first resumed step would otherwise use."""
+        for config in self.trainer.lr_scheduler_configs if self.trainer.ckpt_path else ():
+            scheduler = config.scheduler
+            for group, base, factor in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+                group["lr"] = base * factor(scheduler.last_epoch)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
 
