@@ -166,6 +166,27 @@ def test_a_second_fit_in_a_busy_run_folder_is_refused_until_the_first_is_gone(da
     assert not (run_dir / "fit.lock").exists()
 
 
+def test_an_empty_lock_left_by_a_crash_is_taken_over(tmp_path):
+    from vit_lightning.training.run_lock import RunLock
+
+    (tmp_path / "fit.lock").write_text("")  # created, never written: a crash or a full disk in between
+    lock = RunLock(tmp_path)
+    lock.acquire()
+    assert lock.held and (tmp_path / "fit.lock").read_text().split()[0] == str(os.getpid())
+    lock.release()
+    assert not (tmp_path / "fit.lock").exists()
+
+
+def test_ctrl_c_while_starting_is_one_line(tmp_path):
+    """SIGINT while train.py still imports its libraries (seconds on a busy machine)."""
+    process = subprocess.Popen([sys.executable, "train.py", "fit", "--help"], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and stderr == "Ctrl-C: stopped while starting; nothing ran\n" and not stdout
+
+
 @pytest.mark.slow
 def test_ctrl_c_between_save_points_resumes_with_every_step_logged_once(data_root, tmp_path):
     """Only epoch checkpoints: the interruption's own last.ckpt is what the run resumes from."""

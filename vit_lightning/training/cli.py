@@ -252,13 +252,16 @@ def require_settings_in_config_files(args: Any) -> None:
 
 def main(args: list[str] | None = None) -> None:
     """Run the CLI; a :class:`UserError` becomes one line on stderr and exit status 1, SIGTERM exit status 143 and
-    Ctrl-C 1 (after the checkpoint callback saved ``last.ckpt`` and said so)."""
+    Ctrl-C 1 (after the checkpoint callback saved ``last.ckpt`` and said so), 130 before anything ran."""
     compat.silence_library_noise()
     try:
         ViTCLI(args=args)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:  # before a Trainer runs (parsing, loading data); Lightning handles it inside one
+        print("Ctrl-C: stopped before anything ran", file=sys.stderr)
+        sys.exit(130)
     except SIGTERMException as error:  # also Ctrl-C during fit (see checkpointing.Checkpoint), marked ctrl_c
         sys.exit(1 if getattr(error, "ctrl_c", False) else 128 + signal.SIGTERM)
     except OSError as error:
