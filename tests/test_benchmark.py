@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from vit_lightning.benchmark import configured, main
 from vit_lightning.errors import exit_on_user_error
@@ -46,3 +47,19 @@ def test_a_missing_preset_is_one_line_naming_the_presets(capsys):
     err = capsys.readouterr().err
     assert exit_info.value.code == 1 and err.count("\n") == 1
     assert err.startswith("error: no preset") and "quick" in err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--steps", "0"], "--steps must be at least 1, got 0"),
+    (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+    (["--device", "cpu", "--precision", "16-mixed"], "--precision 16-mixed is for CUDA devices"),
+    (["--device", "nowhere"], "--device nowhere is not a device"),
+    (["--device", "cuda"], "--device cuda: PyTorch sees no CUDA device here"),
+])
+def test_flags_that_cannot_give_a_figure_are_one_line(capsys, flags, message):
+    if "cuda" in flags and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    with pytest.raises(SystemExit) as exit_info:
+        exit_on_user_error(lambda: main(flags))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and err.count("\n") == 1 and err.startswith(f"error: {message}"), err

@@ -126,6 +126,22 @@ def test_resume_with_ckpt_path_last_continues_the_run(data_root, tmp_path):
 
 
 @pytest.mark.slow  # several seconds of training
+@pytest.mark.parametrize("flags", [("--trainer.logger", "false"), ("--trainer.enable_checkpointing", "false"),
+                                   ("--trainer.max_epochs", "-1", "--trainer.max_steps", "3"),
+                                   ("--trainer.max_epochs", "-1", "--trainer.max_time", "00:00:00:05")],
+                         ids=["no-logger", "no-checkpoints", "max-steps", "max-time"])
+def test_standard_trainer_settings_train(data_root, tmp_path, flags):
+    run_dir = tmp_path / "run"
+    cli = ViTCLI(["fit", *tiny_args(data_root, run_dir, "--trainer.max_epochs", "1", *flags)])
+    assert cli.trainer.global_step > 0
+    assert (run_dir / "checkpoints").exists() == ("--trainer.enable_checkpointing" not in flags)
+    assert (run_dir / "logs").exists() == ("--trainer.logger" not in flags)
+    if "--trainer.max_epochs" in flags:  # the one-cycle schedule knew its length: it was going down to zero
+        rates = [float(row["lr-AdamW/pg1"]) for row in read_metrics(run_dir) if row.get("lr-AdamW/pg1")]
+        assert rates[-1] < 0.5 * max(rates)
+
+
+@pytest.mark.slow  # several seconds of training
 def test_training_shard_is_reshuffled_every_epoch(data_root, tmp_path):
     cli = ViTCLI(["fit", *tiny_args(data_root, tmp_path / "run"), "--trainer.max_epochs", "3"])
     sampler = cli.trainer.train_dataloader.sampler

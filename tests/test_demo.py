@@ -41,12 +41,23 @@ def test_predictor_gives_the_models_classes_and_a_rollout_picture(exported):
 
 def test_bad_model_is_one_line_and_a_source_is_required(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        exit_on_user_error(lambda: main(["--model", str(tmp_path / "missing")]))
+        exit_on_user_error(lambda: main(["--model", str(tmp_path / "missing"), "--port", str(free_port())]))
     assert exit_info.value.code == 1
     assert capsys.readouterr().err.startswith(f"error: --model {tmp_path / 'missing'} is not a model folder")
     with pytest.raises(SystemExit) as exit_info:
         main(["--port", "1"])
     assert exit_info.value.code == 2 and "one of the arguments --ckpt_path --model is required" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("port, message", [("70000", "--port 70000 is not a port number; choose one from 1 to 65535"),
+                                           ("busy", "cannot serve on 127.0.0.1:{port} (Address already in use)")])
+def test_a_port_that_cannot_serve_is_one_line_before_anything_loads(tmp_path, capsys, port, message):
+    with socket.create_server(("127.0.0.1", 0)) as busy:  # another server listens there
+        number = port if port != "busy" else str(busy.getsockname()[1])
+        with pytest.raises(SystemExit) as exit_info:
+            exit_on_user_error(lambda: main(["--model", str(tmp_path / "missing"), "--port", number]))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and err.count("\n") == 1 and message.format(port=number) in err, err
 
 
 def free_port() -> int:

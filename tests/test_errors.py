@@ -204,6 +204,9 @@ def test_idx_data_that_does_not_fit_the_dataset_is_named(tmp_path, capsys, subco
     (["--model.optimizer.init_args.lr", "-0.1"], "--model.optimizer: Invalid learning rate: -0.1"),
     (["--data.num_workers", "-1"], "--data.num_workers must be at least 0, got -1"),
     (["--data.eval_batch_size", "0"], "--data.eval_batch_size must be at least 1, got 0"),
+    (["--model.label_smoothing", "-0.1"], "--model.label_smoothing must be in [0, 1], got -0.1"),
+    (["--model.label_smoothing", "1.5"], "--model.label_smoothing must be in [0, 1], got 1.5"),
+    (["--data.seed", str(2**64)], f"--data.seed must be from 0 to 4294967295 (as --seed_everything), got {2**64}"),
 ])
 def test_settings_out_of_range_are_one_line_before_anything_is_written(data_root, tmp_path, capsys, flags, message):
     error = user_error(capsys, "fit", *tiny_args(data_root, tmp_path / "run", *flags))
@@ -233,3 +236,20 @@ def test_a_read_only_log_folder_fails_before_anything_runs(data_root, tmp_path, 
     logs.chmod(0o555)
     error = user_error(capsys, "fit", *tiny_args(data_root, tmp_path / "run"))
     assert error == f"error: --trainer.default_root_dir: {logs} is not writable; choose a location you can write to"
+
+
+def test_a_schedule_without_a_length_is_one_line(data_root, tmp_path, capsys):
+    error = user_error(capsys, "fit", *tiny_args(data_root, tmp_path / "run", "--trainer.max_epochs", "-1"))
+    assert error.startswith("error: --model.lr_schedule onecycle needs the length of training")
+    assert "--trainer.max_steps or --trainer.max_time" in error
+
+
+def test_a_logger_whose_package_is_missing_is_one_line(data_root, tmp_path, capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
+        pytest.skip("tensorboard is installed")
+    error = user_error(capsys, "fit", *tiny_args(data_root, tmp_path / "run", "--trainer.logger", "TensorBoardLogger",
+                                                 "--trainer.logger.save_dir", str(tmp_path / "tb")))
+    assert error == ("error: TensorBoardLogger needs tensorboardX or tensorboard, which is not installed: "
+                     "pip install tensorboard")

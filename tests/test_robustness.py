@@ -98,6 +98,36 @@ def test_kill_9_mid_epoch_then_resume_continues_run_and_log(data_root, tmp_path)
     assert not (last.parent / "last.ckpt.tmp").exists()  # replaced by the next save
 
 
+@pytest.mark.parametrize("saving", [(), ("--checkpoint.save_on_train_epoch_end", "false"), ("--trainer.max_steps", "20")],
+                         ids=["at-epoch-end", "at-validation-end", "max-steps"])
+def test_resuming_from_an_epoch_checkpoint_goes_on_with_the_next_epoch(data_root, tmp_path, capsys, saving):
+    """An epoch's checkpoint (a best one, saved at the end of the epoch or of its validation) resumes with the next
+    epoch: the finished epoch's end is not run again, every step is logged once, max_steps counts each epoch once."""
+    run_dir = tmp_path / "run"
+    args = tiny_args(data_root, run_dir, "--trainer.max_epochs", str(MAX_EPOCHS), "--checkpoint.save_top_k", "-1",
+                     "--trainer.enable_progress_bar", "false", *saving)
+    main(["fit", *args])
+    capsys.readouterr()
+    main(["fit", *args, "--ckpt_path", str(next((run_dir / "checkpoints").glob("epoch000-*.ckpt")))])
+    summaries = [line.split(",")[0] for line in capsys.readouterr().out.splitlines() if line.startswith("Epoch ")]
+    assert summaries == ["Epoch 2/4", "Epoch 3/4", "Epoch 4/4"]
+    assert_complete_and_continuous(run_dir)
+
+
+def test_a_moved_run_resumes_its_log_and_follows_the_schedule_of_its_new_length(data_root, tmp_path):
+    from vit_lightning.training.module import _one_cycle
+
+    main(["fit", *tiny_args(data_root, tmp_path / "before", "--trainer.max_epochs", "2")])
+    run_dir = tmp_path / "run"
+    (tmp_path / "before").rename(run_dir)
+    main(["fit", *tiny_args(data_root, run_dir, "--trainer.max_epochs", str(MAX_EPOCHS)), "--ckpt_path", "last"])
+    assert_complete_and_continuous(run_dir)  # in logs/version_0, not a new version_1
+    rates = {int(row["step"]): float(row["lr-AdamW/pg1"]) for row in metrics(run_dir) if row["lr-AdamW/pg1"]}
+    total = MAX_EPOCHS * STEPS_PER_EPOCH  # the 2-epoch schedule had ended at 0 where the 4-epoch one resumes
+    expected = [0.003 * _one_cycle(step, int(0.05 * total), total) for step in range(2 * STEPS_PER_EPOCH, total)]
+    assert [rates[step] for step in range(2 * STEPS_PER_EPOCH, total)] == pytest.approx(expected)
+
+
 @pytest.mark.parametrize("signum, status, cause", [(signal.SIGINT, 1, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")])
 def test_signal_saves_a_resumable_checkpoint_and_exits_cleanly(data_root, tmp_path, signum, status, cause):
     run_dir = tmp_path / "run"
@@ -134,6 +164,27 @@ def test_a_second_fit_in_a_busy_run_folder_is_refused_until_the_first_is_gone(da
     main(["fit", *run_args(data_root, run_dir), "--ckpt_path", "last"])
     assert_complete_and_continuous(run_dir)
     assert not (run_dir / "fit.lock").exists()
+
+
+def test_an_empty_lock_left_by_a_crash_is_taken_over(tmp_path):
+    from vit_lightning.training.run_lock import RunLock
+
+    (tmp_path / "fit.lock").write_text("")  # created, never written: a crash or a full disk in between
+    lock = RunLock(tmp_path)
+    lock.acquire()
+    assert lock.held and (tmp_path / "fit.lock").read_text().split()[0] == str(os.getpid())
+    lock.release()
+    assert not (tmp_path / "fit.lock").exists()
+
+
+def test_ctrl_c_while_starting_is_one_line(tmp_path):
+    """SIGINT while train.py still imports its libraries (seconds on a busy machine)."""
+    process = subprocess.Popen([sys.executable, "train.py", "fit", "--help"], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and stderr == "Ctrl-C: stopped while starting; nothing ran\n" and not stdout
 
 
 @pytest.mark.slow

@@ -23,7 +23,7 @@ from lightning.pytorch import Callback, Trainer
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from vit_lightning.data.idx import SPLIT_FILES, write_idx
-from vit_lightning.errors import exit_on_user_error
+from vit_lightning.errors import UserError, exit_on_user_error
 from vit_lightning.outputs import atomic_write
 from vit_lightning.serving.checkpoints import saved_settings
 from vit_lightning.training.cli import ViTCLI
@@ -153,6 +153,24 @@ class StepTimer(Callback):
         self.end = time.perf_counter()
 
 
+def checked_device(args: argparse.Namespace) -> torch.device:
+    """The device to measure on, after a one-line :class:`UserError` for flags that cannot give a figure."""
+    for flag, value, least in (("--steps", args.steps, 1), ("--warmup", args.warmup, 0),
+                               ("--batch-size", args.batch_size, 1), ("--peak-size", args.peak_size, 1)):
+        if value < least:
+            raise UserError(f"{flag} must be at least {least}, got {value}")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise UserError(f"--device {args.device} is not a device; use cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {args.device}: PyTorch sees no CUDA device here; use --device cpu")
+    if args.precision == "16-mixed" and device.type != "cuda":  # Lightning would train bf16, the plain loop fp16
+        raise UserError(f"--precision 16-mixed is for CUDA devices (Lightning trains bf16-mixed instead on {device.type}, "
+                        "which the plain loop would not match); use --precision bf16-mixed")
+    return device
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="quick",
@@ -167,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results-file", type=Path, help="also write every figure to this JSON file (timm's convention)")
     args = parser.parse_args(argv)
     silence_library_noise()
-    device = torch.device(args.device)
+    device = checked_device(args)
     steps = args.warmup + args.steps
     n_train = args.batch_size * steps + 1
 

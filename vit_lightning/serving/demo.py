@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -115,8 +116,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def require_free_port(host: str, port: int) -> None:
+    """Raise a one-line :class:`UserError` unless ``host:port`` can be listened on now (checked before the model
+    and Gradio are loaded)."""
+    if not 1 <= port <= 65535:
+        raise UserError(f"--port {port} is not a port number; choose one from 1 to 65535 (default 7860)")
+    try:
+        socket.create_server((host, port)).close()
+    except OSError as error:
+        raise UserError(f"--port {port}: cannot serve on {host}:{port} ({os.strerror(error.errno) if error.errno else error}); choose another "
+                        "--port (or --host)") from None
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    require_free_port(args.host, args.port)
     model, source = load_model(args)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home: works offline
     hosts = [h for h in os.environ.get("no_proxy", "").split(",") if h]

@@ -49,6 +49,8 @@ class Checkpoint(ModelCheckpoint):
     - with ``save_on_exception``, Ctrl-C (SIGINT) and SIGTERM save ``last.ckpt`` after the running training or
       validation batch (every DDP rank stops at the same batch) and print one line saying how to resume (a second
       Ctrl-C stops at once); other exceptions save nothing, so a failure never overwrites a good checkpoint;
+    - a checkpoint saved when an epoch and its validation were over resumes at the start of the next epoch
+      (:func:`_resume_finished_epoch_at_the_next`);
     - each checkpoint records the log folder (:data:`LOG_DIR`) and every logger's version (:data:`LOGGER_VERSIONS`,
       a W&B run id), so a resumed run can continue the same metrics log and the same W&B run, and the dataset
       (:data:`DATASET`: its name, classes, normalisation and image size), which predict, test, export and the demo use.
@@ -78,6 +80,10 @@ class Checkpoint(ModelCheckpoint):
         info = getattr(trainer.datamodule, "info", None)  # the project's data module (not plain dataloaders)
         if isinstance(info, DatasetInfo):
             checkpoint[DATASET] = dataset_record(info)
+
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(trainer, pl_module, checkpoint)
+        _resume_finished_epoch_at_the_next(checkpoint.get("loops") or {}, by_steps=trainer.max_steps != -1)
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_fit_start(trainer, pl_module)
@@ -223,3 +229,41 @@ def _validate_again_on_resume(progress: Any) -> None:
         tracker.processed = tracker.completed = tracker.completed - done
         tracker.ready = tracker.started = tracker.completed + 1
 
+
+
+def _resume_finished_epoch_at_the_next(loops: dict, by_steps: bool) -> None:
+    """Record a checkpoint saved after an epoch's last batch and its validation (at the end of that validation, or
+    of the epoch) as saved at the start of the next epoch, before it is restored (``by_steps``: the fit has
+    ``max_steps``).
+
+    Lightning 2.6 resumes the first kind by running the end of the finished epoch again (an empty epoch summary),
+    and with ``max_steps`` both kinds, counting that epoch twice (training stops an epoch early) and logging every
+    later step one step late (Lightning #19617). A checkpoint saved inside an epoch or a validation is left as it is.
+    """
+    fit = loops.get("fit_loop") or {}
+    epochs, batches = fit.get("epoch_progress"), fit.get("epoch_loop.batch_progress")
+    validation = fit.get("epoch_loop.val_loop.batch_progress")
+    if not (epochs and batches and validation and batches["is_last_batch"]):
+        return
+    epoch, batch, val = epochs["total"], batches["total"], validation["current"]
+    if not (epoch["ready"] == epoch["started"] and batch["completed"] == batch["processed"] == batch["ready"]):
+        return  # inside an epoch, or saved after its last batch before validation (Lightning resumes those right)
+    after_validation = (epoch["processed"] == epoch["completed"] == epoch["ready"] - 1 and validation["is_last_batch"]
+                        and val["ready"] == val["started"] == val["completed"] > 0)
+    after_epoch = epoch["processed"] == epoch["ready"] == epoch["completed"] + 1
+    if not (after_validation or after_epoch):
+        return
+    for counters in (epochs["total"], epochs["current"]):
+        counters.update(dict.fromkeys(counters, epoch["ready"]))
+    # Lightning counts the epoch's last batch for the loggers after its validation; resuming with max_steps, it
+    # counts one more in an empty first iteration
+    fit["epoch_loop.state_dict"]["_batches_that_stepped"] += int(after_validation) - int(by_steps)
+    optimizer = fit.get("epoch_loop.automatic_optimization.optim_progress", {}).get("optimizer", {})
+    _zero(batches["current"], fit.get("epoch_loop.scheduler_progress", {}).get("current", {}), validation["total"],
+          val, *(progress["current"] for progress in optimizer.values()))
+    batches["is_last_batch"] = validation["is_last_batch"] = False
+
+
+def _zero(*counters: dict) -> None:
+    for counter in counters:
+        counter.update(dict.fromkeys(counter, 0))

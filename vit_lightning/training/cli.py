@@ -14,6 +14,7 @@ import yaml
 from jsonargparse import Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
@@ -169,9 +170,21 @@ class ViTCLI(LightningCLI):
         loggers = config.trainer.logger if isinstance(config.trainer.logger, list) else [config.trainer.logger]
         for logger in filter(is_wandb_logger, loggers):
             prepare_wandb(logger, str(root), self._resumed_logger_version("WandbLogger"))
-        if config.trainer.enable_progress_bar is False:  # the default config's progress bar would contradict it
-            config.trainer.callbacks = [callback for callback in config.trainer.callbacks or []
-                                        if not callback.class_path.endswith("ProgressBar")]
+        unwanted = (("ProgressBar",) if config.trainer.enable_progress_bar is False else ()) + (  # the defaults'
+                    ("LearningRateMonitor",) if config.trainer.logger is False else ())  # it needs a logger
+        config.trainer.callbacks = [callback for callback in config.trainer.callbacks or []
+                                    if not callback.class_path.endswith(unwanted)]
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError as error:  # jsonargparse's many lines for a class whose package is not installed
+            missing = re.findall(r"Requirement '([\w.-]+)' not met", str(error))
+            if not missing:
+                raise
+            named = re.search(r"class_path '(?:[\w.]+\.)?(\w+)'", str(error))
+            raise UserError(f"{named[1] if named else 'a configured class'} needs {' or '.join(missing)}, which is "
+                            f"not installed: pip install {missing[-1]}") from None
 
     def _resumed_logger_version(self, logger_name: str) -> str | None:
         """The version (W&B: run id) that ``logger_name`` had in the checkpoint a ``fit`` resumes from."""
@@ -180,10 +193,15 @@ class ViTCLI(LightningCLI):
         return logger_version(self.checkpoint, logger_name)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        try:
-            return super().instantiate_trainer(**kwargs)
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        checkpointing = config.trainer.enable_checkpointing is not False
+        try:  # the checkpoint section's callback is always added; Lightning refuses it without checkpointing
+            trainer = super().instantiate_trainer(**kwargs, **({} if checkpointing else {"enable_checkpointing": True}))
         except MisconfigurationException as error:  # e.g. max_epochs -5: Lightning says what is wrong
             raise UserError(f"--trainer settings: {str(error).splitlines()[0]}") from None
+        if not checkpointing:
+            trainer.callbacks = [callback for callback in trainer.callbacks if not isinstance(callback, ModelCheckpoint)]
+        return trainer
 
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
@@ -250,7 +268,7 @@ def require_settings_in_config_files(args: Any) -> None:
 
 def main(args: list[str] | None = None) -> None:
     """Run the CLI; a :class:`UserError` becomes one line on stderr and exit status 1, SIGTERM exit status 143 and
-    Ctrl-C 1 (after the checkpoint callback saved ``last.ckpt`` and said so)."""
+    Ctrl-C 1 (after the checkpoint callback saved ``last.ckpt`` and said so), 130 before anything ran."""
     compat.silence_library_noise()
     try:
         with reader_may_leave():  # a closed stdout (| head) never ends a fit or a predict early
@@ -259,6 +277,9 @@ def main(args: list[str] | None = None) -> None:
         if rank_zero_only.rank == 0:  # under DDP every process raises it: say it once
             print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:  # before a Trainer runs (parsing, loading data); Lightning handles it inside one
+        print("Ctrl-C: stopped before anything ran", file=sys.stderr)
+        sys.exit(130)
     except SIGTERMException as error:  # also Ctrl-C during fit (see checkpointing.Checkpoint), marked ctrl_c
         sys.exit(1 if getattr(error, "ctrl_c", False) else 128 + signal.SIGTERM)
     except OSError as error:

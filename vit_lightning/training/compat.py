@@ -19,8 +19,9 @@ Used through the functions below:
 Overridden in subclasses (their signatures must stay): ``LightningCLI._parse_ckpt_path`` (training/cli.py),
 ``ModelCheckpoint._save_checkpoint`` (training/checkpointing.py), ``ExperimentWriter._check_log_dir_exists`` and
 its ``metrics_keys`` (training/metrics_log.py). Relied on as a format: LightningCLI's ``_instantiator`` key in saved
-hyper-parameters (skipped by :func:`vit_lightning.serving.checkpoints.saved_settings`) and the loops'
-``batch_progress`` counters (``_validate_again_on_resume`` in training/checkpointing.py).
+hyper-parameters (skipped by :func:`vit_lightning.serving.checkpoints.saved_settings`) and the loops' progress
+counters, live and in a checkpoint's ``loops`` (``_validate_again_on_resume`` and ``_resume_finished_epoch_at_the_next``
+in training/checkpointing.py).
 """
 
 from __future__ import annotations

@@ -86,6 +86,8 @@ class MNISTDataModule(LightningDataModule):
                                    ("num_workers", num_workers, 0)):
             if value < least:
                 raise UserError(f"--data.{name} must be at least {least}, got {value}")
+        if not 0 <= seed < 2**32:
+            raise UserError(f"--data.seed must be from 0 to {2**32 - 1} (as --seed_everything), got {seed}")
         self.save_hyperparameters(logger=False)  # loggers get the whole CLI config (tracking.RunConfig)
         self.info: DatasetInfo = DATASETS[dataset]  # the CLI gives it a checkpoint's recorded facts
         self.root = Path(root).expanduser()

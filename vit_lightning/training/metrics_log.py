@@ -35,13 +35,12 @@ class ResumableCSVLogger(CSVLogger):
         self._evaluated: tuple[int, int] | None = None
 
     def continue_from(self, log_dir: str | None, global_step: int) -> bool:
-        """Log into ``log_dir`` (a version folder of this logger) from ``global_step`` on; ``False`` when
-        ``log_dir`` is not one of this logger's folders, in which case a new version is started."""
+        """Log into the version folder of ``log_dir``'s name among this logger's folders (where the run folder is
+        now: it may have been moved or copied since ``log_dir`` was recorded) from ``global_step`` on; ``False``
+        when there is none, in which case a new version is started."""
         if compat.logger_started(self):
             raise RuntimeError("continue_from must be called before anything is logged")
-        if log_dir is None or not Path(log_dir).is_dir():
-            return False
-        if Path(log_dir).parent.resolve() != Path(self.root_dir).resolve():
+        if log_dir is None or not (Path(self.root_dir) / Path(log_dir).name).is_dir():
             return False
         compat.set_logger_version(self, Path(log_dir).name)
         self._resume_step = global_step

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
+from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.cli import OptimizerCallable
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric
@@ -17,6 +18,8 @@ from vit_lightning.architecture import RUN_TIME, architecture
 from vit_lightning.errors import SettingError
 from vit_lightning.model import VisionTransformer
 from vit_lightning.training.predictions import Predictions
+
+TIME_STEPS = 10_000  # the schedule's resolution when only --trainer.max_time bounds training
 
 
 class ViTClassifier(LightningModule):
@@ -64,6 +67,8 @@ class ViTClassifier(LightningModule):
         self.model = VisionTransformer(**architecture(self.hparams))  # the model's arguments above (architecture.py)
         if not 0.0 <= warmup_fraction < 1.0:
             raise SettingError(f"--model.warmup_fraction must be in [0, 1), got {warmup_fraction}")
+        if not 0.0 <= label_smoothing <= 1.0:
+            raise SettingError(f"--model.label_smoothing must be in [0, 1], got {label_smoothing}")
         self.optimizer = optimizer
         self.example_input_array = torch.zeros(1, in_channels, image_size, image_size)  # FLOPs in the model summary
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -76,6 +81,15 @@ class ViTClassifier(LightningModule):
         if self.compile_model and not getattr(self, "_compiled", False):
             self.model.compile()  # in place: parameter names (and checkpoints) stay those of the plain model
             self._compiled = True
+
+    def on_train_start(self) -> None:
+        """A resumed fit follows the schedule computed for its own length from the step it resumes at: the
+        checkpoint holds the learning rates of the schedule it was trained with (another length when
+        ``max_epochs`` changed), which the first resumed step would otherwise use."""
+        for config in self.trainer.lr_scheduler_configs if self.trainer.ckpt_path else ():
+            scheduler = config.scheduler
+            for group, base, factor in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+                group["lr"] = base * factor(scheduler.last_epoch)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
@@ -138,11 +152,30 @@ class ViTClassifier(LightningModule):
         schedule = self.hparams.lr_schedule
         if schedule == "constant":
             return optimizer
-        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup_steps = int(self.hparams.warmup_fraction * total_steps)
         factor = _one_cycle if schedule == "onecycle" else _warmup_cosine
-        scheduler = LambdaLR(optimizer, lambda step: factor(step, warmup_steps, total_steps))
+        total_steps, position = self._schedule_length()
+        warmup_steps = int(self.hparams.warmup_fraction * total_steps)
+        scheduler = LambdaLR(optimizer, lambda step: factor(position(step), warmup_steps, total_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _schedule_length(self) -> tuple[int, Callable[[int], int]]:
+        """The schedule's length in steps and where a step is in it: the steps the trainer will take, or, when
+        neither ``max_epochs`` nor ``max_steps`` bounds them, :data:`TIME_STEPS` steps over ``max_time``'s training
+        time (Lightning's ``Timer``, which a resumed fit restores)."""
+        total = self.trainer.estimated_stepping_batches
+        if not math.isinf(total):
+            return max(1, int(total)), lambda step: step
+        timer = next((callback for callback in self.trainer.callbacks if isinstance(callback, Timer)), None)
+        if timer is None:
+            raise SettingError(f"--model.lr_schedule {self.hparams.lr_schedule} needs the length of training, and "
+                               "--trainer.max_epochs -1 sets none: give --trainer.max_steps or --trainer.max_time too, "
+                               "or use --model.lr_schedule constant")
+
+        def position(step: int) -> int:
+            elapsed = timer.time_elapsed("train")
+            return int(TIME_STEPS * elapsed / (elapsed + timer.time_remaining("train")))
+
+        return TIME_STEPS, position
 
 
 def _cosine(progress: float) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 
 from vit_lightning.errors import UserError
@@ -14,8 +15,9 @@ class RunLock:
     """``FOLDER/fit.lock`` holds ``PID HOST`` of the ``fit`` that writes ``FOLDER``'s checkpoints and logs.
 
     :meth:`acquire` creates it atomically, or raises a one-line :class:`UserError` while its owner is alive.
-    A lock whose owner is gone (killed with ``kill -9``, a crashed machine) is stale and taken over; one from
-    another host cannot be checked, so the message says how to remove it.
+    A lock whose owner is gone (killed with ``kill -9``, a crashed machine) is stale and taken over, as is an empty
+    one (a crash between creating and writing it); one from another host cannot be checked, so the message says
+    how to remove it.
     """
 
     def __init__(self, folder: Path):
@@ -37,8 +39,12 @@ class RunLock:
                 if self._is_stale():
                     self.path.unlink(missing_ok=True)
                 continue
-            with os.fdopen(descriptor, "w") as file:
-                file.write(self.owner + "\n")
+            try:
+                with os.fdopen(descriptor, "w") as file:
+                    file.write(self.owner + "\n")
+            except OSError:  # a full disk: leave no empty lock behind
+                self.path.unlink(missing_ok=True)
+                raise
             self.held = True
             return
         pid, _, host = self._read().partition(" ")
@@ -64,8 +70,14 @@ class RunLock:
             return ""
 
     def _is_stale(self) -> bool:
-        """The owner ran on this host and has ended (another host's processes cannot be checked)."""
-        pid, _, host = self._read().partition(" ")
+        """The owner ran on this host and has ended (another host's processes cannot be checked), or the lock is
+        still empty a second after it was found: its creator crashed before writing it (a live one writes at once)."""
+        deadline = time.monotonic() + 1.0
+        while not (owner := self._read()) and self.path.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not owner:
+            return True
+        pid, _, host = owner.partition(" ")
         return host == socket.gethostname() and pid.isdigit() and not _is_running(int(pid))
 
 
