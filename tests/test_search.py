@@ -19,7 +19,10 @@ from PIL import Image
 from support import REPO, tiny_args, write_dataset
 from vit_lightning.search.__main__ import main, run
 from vit_lightning.search.fit import param_flags
+from vit_lightning.search.results import show_table
 from vit_lightning.search.space import load_space, sweep_config
+from vit_lightning.search.study import open_study, trial_id
+from vit_lightning.search.worker import Worker
 
 FAST = ["--trainer.max_epochs", "1", "--trainer.enable_model_summary", "false", "--data.translate", "0.0"]
 
@@ -98,6 +101,26 @@ def test_a_study_that_exists_with_another_space_is_one_line(tmp_path, capsys):
     write_space(first, {"model.dim": {"type": "categorical", "choices": [8, 32]}})
     error = search_error(capsys, "--space", str(first), "--dir", folder, "--trials", "0")
     assert "study 'space' in sqlite:///" in error and "another space (parameter model.dim differs)" in error
+
+
+def test_a_trial_without_heartbeat_is_failed_and_its_retry_is_claimed_next(tmp_path, capsys):
+    """A trial whose worker (on another machine) stopped beating: failed by Optuna's heartbeat, queued again with
+    the same values, claimed by the next worker, and the table says why it failed."""
+    space = load_space(write_space(tmp_path / "space.yaml", LR))
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study, storage, retry = open_study(space, "space", url, 1, tmp_path)
+    stale = study.ask(space.parameters)
+    ident = trial_id(storage, "space", stale.number)
+    storage.set_trial_system_attr(ident, "worker", "1 another-machine")  # not this machine's: no pid to check
+    storage.record_heartbeat(ident)
+    time.sleep(3.1)  # Optuna's grace period, twice the interval, on SQLite's clock of whole seconds
+    worker = Worker(study, storage, space, tmp_path, [], url, 1, None, retry, False)
+    claimed = worker.claim()
+    assert study.get_trials()[stale.number].state == TrialState.FAIL
+    assert claimed.number != stale.number and claimed.params == stale.params
+    assert storage.get_trial(worker.trial_id(claimed)).system_attrs["failed_trial"] == stale.number
+    show_table(study, space)
+    assert "no heartbeat (its worker or machine is gone)" in capsys.readouterr().out
 
 
 @pytest.mark.slow  # three tiny fits in train.py processes, and best.yaml's
