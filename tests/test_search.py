@@ -4,6 +4,7 @@ tiny IDX data."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import json
 import os
@@ -110,6 +111,29 @@ def test_a_study_that_exists_with_another_space_is_one_line(tmp_path, capsys):
     write_space(first, {"model.dim": {"type": "categorical", "choices": [8, 32]}})
     error = search_error(capsys, "--space", str(first), "--dir", folder, "--trials", "0")
     assert "study 'space' in sqlite:///" in error and "another space (parameter model.dim differs)" in error
+
+
+def test_workers_started_at_once_open_a_new_sqlite_file_one_at_a_time(tmp_path, monkeypatch):
+    """Two workers opening a new SQLite file at once both created its tables: one stopped with 'cannot be opened
+    (table studies already exists)'. The storage is opened under the search folder's lock."""
+    import vit_lightning.search.study as study_module
+
+    held = []
+
+    def open_storage(*args, **kwargs):
+        with open(tmp_path / ".search.lock", "a") as other:  # another worker's attempt to take the lock now
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held.append(False)
+            except BlockingIOError:
+                held.append(True)
+        return real(*args, **kwargs)
+
+    real = study_module.open_storage
+    monkeypatch.setattr(study_module, "open_storage", open_storage)
+    open_study(load_space(write_space(tmp_path / "space.yaml", LR)), "space", f"sqlite:///{tmp_path / 's.db'}", 60,
+               tmp_path)
+    assert held == [True]
 
 
 def test_a_trial_without_heartbeat_is_failed_and_its_retry_is_claimed_next(tmp_path, capsys):

@@ -63,7 +63,9 @@ def open_study(space: Space, name: str, storage_url: str, heartbeat_s: int,
     storage it lives in (the object opened here: Optuna's ``Study`` keeps its own private) and the callback that
     queues a failed trial again; a one-line :class:`UserError` when it holds another space."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    with warnings.catch_warnings():
+    # The lock first: workers started at once on a new SQLite file would all create its tables ("table studies
+    # already exists")
+    with folder_lock(folder), warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # the heartbeat and its retries
         retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3, inherit_intermediate_values=True)
 
@@ -73,7 +75,6 @@ def open_study(space: Space, name: str, storage_url: str, heartbeat_s: int,
             retry(study, trial)
 
         storage = open_storage(storage_url, heartbeat_s, on_stale)
-    with folder_lock(folder):
         study = optuna.create_study(storage=storage, study_name=name, direction=space.direction,
                                     load_if_exists=True, pruner=make_pruner(space.pruner))
         bound = study.user_attrs.get("space")
