@@ -74,8 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     wandb = isinstance(logger, dict) and str(logger.get("class_path", "")).endswith("WandbLogger")
     storage_url = args.storage or f"sqlite:///{(folder / 'study.db').absolute()}"
     name = args.study or Path(args.space).stem
-    study, retry = open_study(space, name, storage_url, args.heartbeat, folder)
-    worker = Worker(study, space, folder, flags, storage_url, trials, args.timeout or space.timeout, retry, wandb)
+    study, storage, retry = open_study(space, name, storage_url, args.heartbeat, folder)
+    worker = Worker(study, storage, space, folder, flags, storage_url, trials, args.timeout or space.timeout, retry,
+                    wandb)
     gave_up = worker.run() if trials else None
     show_table(study, space)
     if any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):

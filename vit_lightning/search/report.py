@@ -12,10 +12,10 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 from vit_lightning.errors import UserError
 from vit_lightning.search.space import make_pruner
-from vit_lightning.search.study import open_storage
+from vit_lightning.search.study import open_storage, trial_id
 
 class StudyReport(Callback):
-    """Report ``metric`` to trial ``trial`` of study ``study`` in ``storage`` after every validation (step: the
+    """Report ``metric`` to trial number ``trial`` of study ``study`` in ``storage`` after every validation (step: the
     epochs done) and stop the fit when the pruner (``pruner``: a space's ``pruner:`` section) prunes it.
 
     Added to each trial's fit by the search (``DIR/trial_NNNN/search_trial.yaml``). Rank 0 reports and decides;
@@ -25,6 +25,8 @@ class StudyReport(Callback):
     def __init__(self, storage: str, study: str, trial: int, metric: str = "val/acc", pruner: dict | None = None):
         self.storage, self.study, self.trial, self.metric, self.pruner = storage, study, trial, metric, pruner or {}
         self._study: optuna.Study | None = None
+        self._db: optuna.storages.BaseStorage | None = None
+        self._id = -1
         _exit_when_orphaned()
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -38,13 +40,13 @@ class StudyReport(Callback):
                                 "the model logs (val/acc, val/loss) in the space's objective.metric")
             if self._study is None:
                 optuna.logging.set_verbosity(optuna.logging.WARNING)
-                self._study = optuna.load_study(study_name=self.study, storage=open_storage(self.storage),
-                                                pruner=make_pruner(self.pruner))
-            storage = self._study._storage
-            storage.set_trial_intermediate_value(self.trial, step, float(value))
-            prune = self._study.pruner.prune(self._study, storage.get_trial(self.trial))
+                self._db = storage = open_storage(self.storage)
+                self._study = optuna.load_study(study_name=self.study, storage=storage, pruner=make_pruner(self.pruner))
+                self._id = trial_id(storage, self.study, self.trial)
+            self._db.set_trial_intermediate_value(self._id, step, float(value))
+            prune = self._study.pruner.prune(self._study, self._db.get_trial(self._id))
             if prune:
-                storage.set_trial_user_attr(self.trial, "pruned_at_epoch", step)
+                self._db.set_trial_user_attr(self._id, "pruned_at_epoch", step)
         if trainer.strategy.broadcast(prune, src=0):
             trainer.should_stop = True
             if trainer.is_global_zero:

@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 
 from vit_lightning.search.fit import param_flags, print_config
 from vit_lightning.search.space import Space
+from vit_lightning.search.study import NO_HEARTBEAT
 
 def _clip(text: str, length: int = 160) -> str:
     return text if len(text) <= length else text[:length - 3] + "..."
@@ -44,7 +45,7 @@ def show_table(study: optuna.Study, space: Space) -> None:
         values = t.intermediate_values
         value = t.value if t.value is not None else (values[max(values)] if values else None)
         note = {TrialState.PRUNED: f"pruned after epoch {t.user_attrs.get('pruned_at_epoch', '?')}",
-                TrialState.FAIL: _clip(str(t.user_attrs.get("error", "")))}.get(t.state, "")
+                TrialState.FAIL: _clip(str(t.user_attrs.get("error", NO_HEARTBEAT)))}.get(t.state, "")
         if "failed_trial" in t.system_attrs and t.state != TrialState.FAIL:
             note = f"retry of {t.system_attrs['failed_trial']}" + (f"; {note}" if note else "")
         seconds = t.duration.total_seconds() if t.duration else None

@@ -54,23 +54,27 @@ def open_storage(url: str, heartbeat: int | None = None, on_stale: Any = None) -
                         "is reachable") from None
 
 
+NO_HEARTBEAT = "no heartbeat (its worker or machine is gone)"  # a failed trial with no error of its own
+
+
 def open_study(space: Space, name: str, storage_url: str, heartbeat_s: int,
-               folder: Path) -> tuple[optuna.Study, Any]:
-    """The study ``name`` in ``storage_url`` (created, or continued when it was started with the same space) and
-    the callback that queues a failed trial again; a one-line :class:`UserError` when it holds another space."""
+               folder: Path) -> tuple[optuna.Study, optuna.storages.BaseStorage, Any]:
+    """The study ``name`` in ``storage_url`` (created, or continued when it was started with the same space), the
+    storage it lives in (the object opened here: Optuna's ``Study`` keeps its own private) and the callback that
+    queues a failed trial again; a one-line :class:`UserError` when it holds another space."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    with warnings.catch_warnings():
+    # The lock first: workers started at once on a new SQLite file would all create its tables ("table studies
+    # already exists")
+    with folder_lock(folder), warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # the heartbeat and its retries
         retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3, inherit_intermediate_values=True)
 
         def on_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-            study._storage.set_trial_user_attr(trial._trial_id, "error", f"no heartbeat for {2 * heartbeat_s} s "
-                                               "(its worker or machine is gone)")
+            # Optuna has failed the trial already, so it takes no "error" attribute: the table says NO_HEARTBEAT
             print(f"search: trial {trial.number} had no heartbeat for {2 * heartbeat_s} s: failed, queued again")
             retry(study, trial)
 
         storage = open_storage(storage_url, heartbeat_s, on_stale)
-    with folder_lock(folder):
         study = optuna.create_study(storage=storage, study_name=name, direction=space.direction,
                                     load_if_exists=True, pruner=make_pruner(space.pruner))
         bound = study.user_attrs.get("space")
@@ -84,7 +88,13 @@ def open_study(space: Space, name: str, storage_url: str, heartbeat_s: int,
             what = f"parameter {differs[0]}" if differs else "objective"
             raise UserError(f"study {name!r} in {storage_url} was started with another space ({what} differs); "
                             "search it with its own space, or start a new one with --study NAME or --dir")
-    return study, retry
+    return study, storage, retry
+
+
+def trial_id(storage: optuna.storages.BaseStorage, study: str, number: int) -> int:
+    """The storage's id of trial ``number`` of study ``study``: Optuna's public API names trials by number, its
+    storage methods take ids."""
+    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study), number)
 
 
 @contextlib.contextmanager
@@ -133,17 +143,18 @@ def _is_running(pid: int) -> bool:
     return True
 
 
-def fail_dead_workers_trials(study: optuna.Study, retry: Any) -> None:
+def fail_dead_workers_trials(study: optuna.Study, storage: optuna.storages.BaseStorage, retry: Any) -> None:
     """Mark failed (and queue again with ``retry``) the running trials of workers of this machine that have
     ended."""
-    host, storage = socket.gethostname(), study._storage
+    host = socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         pid, _, owner_host = str(trial.system_attrs.get("worker", "")).partition(" ")
         if owner_host != host or not pid.isdigit() or _is_running(int(pid)):
             continue
+        ident = trial_id(storage, study.study_name, trial.number)
         with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-            storage.set_trial_user_attr(trial._trial_id, "error", f"its worker (process {pid}) ended")
-            if storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+            storage.set_trial_user_attr(ident, "error", f"its worker (process {pid}) ended")
+            if storage.set_trial_state_values(ident, TrialState.FAIL):
                 print(f"search: trial {trial.number} was left running by process {pid}, which ended: failed, "
                       "queued again", flush=True)
-                retry(study, storage.get_trial(trial._trial_id))
+                retry(study, storage.get_trial(ident))

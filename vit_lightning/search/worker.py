@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 from vit_lightning.search.fit import TRAIN_PY, last_error_line, param_flags
 from vit_lightning.search.results import short_name, show_value
 from vit_lightning.search.space import Space
-from vit_lightning.search.study import fail_dead_workers_trials, folder_lock, heartbeat
+from vit_lightning.search.study import fail_dead_workers_trials, folder_lock, heartbeat, trial_id
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 GIVE_UP_AFTER = 5  # failed trials in a row after which a worker stops (a broken setting fails every trial)
@@ -31,18 +31,15 @@ class Worker:
     """Claims, runs and tells trials until the study holds ``trials`` finished or running ones (see
     :mod:`vit_lightning.search`)."""
 
-    def __init__(self, study: optuna.Study, space: Space, folder: Path, flags: list[str], storage_url: str,
-                 trials: int, timeout: float | None, retry: Any, wandb_group: bool):
-        self.study, self.space, self.folder, self.flags = study, space, folder, flags
+    def __init__(self, study: optuna.Study, storage: optuna.storages.BaseStorage, space: Space, folder: Path,
+                 flags: list[str], storage_url: str, trials: int, timeout: float | None, retry: Any,
+                 wandb_group: bool):
+        self.study, self.storage, self.space, self.folder, self.flags = study, storage, space, folder, flags
         self.storage_url, self.trials, self.timeout, self.retry = storage_url, trials, timeout, retry
         self.wandb_group = wandb_group
         self.owner = f"{os.getpid()} {socket.gethostname()}"
         self.process: subprocess.Popen | None = None
         self.signals: list[int] = []
-
-    @property
-    def storage(self) -> optuna.storages.BaseStorage:
-        return self.study._storage
 
     def run(self) -> str | None:
         """Run trials; the reason the worker gave up early (failed trials in a row), if it did."""
@@ -84,7 +81,7 @@ class Worker:
         """The next trial (a queued one first), or ``None`` when the study has enough."""
         with folder_lock(self.folder), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # fail_stale_trials is experimental; ask() warns with a heartbeat
-            fail_dead_workers_trials(self.study, self.retry)  # first: it names the dead process
+            fail_dead_workers_trials(self.study, self.storage, self.retry)  # first: it names the dead process
             optuna.storages.fail_stale_trials(self.study)
             trials = self.study.get_trials(deepcopy=False)
             if sum(t.state in (*FINISHED, TrialState.RUNNING) for t in trials) >= self.trials:
@@ -92,18 +89,22 @@ class Worker:
             self.study.sampler = optuna.samplers.TPESampler(seed=self.space.seed + len(trials),
                                                             n_startup_trials=self.space.startup_trials)
             trial = self.study.ask(self.space.parameters)
-            self.storage.set_trial_system_attr(trial._trial_id, "worker", self.owner)
+            self.storage.set_trial_system_attr(self.trial_id(trial), "worker", self.owner)
             return trial
 
+    def trial_id(self, trial: optuna.Trial) -> int:
+        return trial_id(self.storage, self.study.study_name, trial.number)
+
     def run_trial(self, trial: optuna.Trial) -> tuple[TrialState, str]:
-        attrs = self.storage.get_trial(trial._trial_id).system_attrs
+        ident = self.trial_id(trial)
+        attrs = self.storage.get_trial(ident).system_attrs
         root = attrs.get("failed_trial", trial.number)  # a retry continues the first run's folder
         run = self.folder / f"trial_{root:04d}"
         run.mkdir(parents=True, exist_ok=True)
         reporter = run / "search_trial.yaml"
         reporter.write_text(yaml.safe_dump({"trainer": {"callbacks+": [{
             "class_path": "vit_lightning.search.report.StudyReport",
-            "init_args": {"storage": self.storage_url, "study": self.study.study_name, "trial": trial._trial_id,
+            "init_args": {"storage": self.storage_url, "study": self.study.study_name, "trial": trial.number,
                           "metric": self.space.metric, "pruner": self.space.pruner}}]}}, sort_keys=False))
         command = [sys.executable, str(TRAIN_PY), "fit", "--trainer.enable_progress_bar=false", *self.flags,
                    *param_flags(trial.params), "--trainer.default_root_dir", str(run), "--config", str(reporter)]
@@ -117,15 +118,15 @@ class Worker:
         print(f"search: trial {trial.number} " + (f"(retry of {root}, resumed) " if resumed else "")
               + f"started: {values} in {run}", flush=True)
         began = time.monotonic()
-        with heartbeat(self.storage, trial._trial_id), open(run / "train.log", "a") as log:
+        with heartbeat(self.storage, ident), open(run / "train.log", "a") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                             start_new_session=True)
             code = self.process.wait()
             self.process = None
-        return self.tell(trial, code, run, time.monotonic() - began)
+        return self.tell(trial, ident, code, run, time.monotonic() - began)
 
-    def tell(self, trial: optuna.Trial, code: int, run: Path, seconds: float) -> tuple[TrialState, str]:
-        frozen = self.storage.get_trial(trial._trial_id)
+    def tell(self, trial: optuna.Trial, ident: int, code: int, run: Path, seconds: float) -> tuple[TrialState, str]:
+        frozen = self.storage.get_trial(ident)
         values = frozen.intermediate_values
         metric = self.space.metric
         if code == 0 and "pruned_at_epoch" in frozen.user_attrs:
@@ -143,9 +144,9 @@ class Worker:
                 note = f"stopped by {name}; queued again (it resumes from its last.ckpt)"
             else:
                 note = last_error_line(run / "train.log") or f"train.py fit exited with status {code}; see {run / 'train.log'}"
-            self.storage.set_trial_user_attr(trial._trial_id, "error", note)
+            self.storage.set_trial_user_attr(ident, "error", note)
             if self.signals:
-                self.retry(self.study, self.storage.get_trial(trial._trial_id))
+                self.retry(self.study, self.storage.get_trial(ident))
             self.study.tell(trial, state=TrialState.FAIL)
             state = TrialState.FAIL
         word = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}[state]
