@@ -123,6 +123,9 @@ def test_resume_with_ckpt_path_last_continues_the_run(data_root, tmp_path):
     assert resumed["global_step"] == first["global_step"] * 3 // 2
     epochs = sorted({int(row["epoch"]) for row in read_metrics(run_dir) if row.get("val/acc")})
     assert epochs == [0, 1, 2]
+    # resumed from the end of an epoch: that epoch's time-to-accuracy row is kept, and time counts on
+    timed = [(int(row["epoch"]), float(row["train/elapsed_s"])) for row in read_metrics(run_dir, "train/elapsed_s")]
+    assert [epoch for epoch, _ in timed] == [0, 1, 2] and timed[0][1] < timed[1][1] < timed[2][1]
 
 
 @pytest.mark.slow  # several seconds of training
