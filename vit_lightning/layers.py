@@ -159,8 +159,10 @@ class TokenGridConv(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         b, n, c = tokens.shape
         extra, grid_tokens = tokens.split([n - self.grid**2, self.grid**2], dim=1)
-        image = grid_tokens.transpose(1, 2).reshape(b, c, self.grid, self.grid)  # row-major tokens back to the grid
-        return torch.cat([extra, self.conv(image).flatten(2).transpose(1, 2)], dim=1)
+        # [B, N, C] is the grid in channels-last layout: viewed as [B, C, h, w] without a copy, and back likewise
+        image = grid_tokens.reshape(b, self.grid, self.grid, c).permute(0, 3, 1, 2)
+        mixed = self.conv(image).permute(0, 2, 3, 1).reshape(b, self.grid**2, c)
+        return torch.cat([extra, mixed], dim=1) if n > self.grid**2 else mixed
 
 
 class ViTBlock(nn.Module):
