@@ -11,7 +11,6 @@ from vit_lightning.layers import (
     TokenGridConv,
     ViTBlock,
     create_patches,
-    get_2d_positional_embeddings,
     get_positional_embeddings,
 )
 from vit_lightning.model import VisionTransformer
@@ -28,21 +27,6 @@ def test_create_patches_matches_unfold():
     expected = F.unfold(images, kernel_size=4, stride=4).transpose(1, 2)  # [B, N, C*p*p], row-major patches
     assert patches.shape == (3, 6, 32)
     torch.testing.assert_close(patches, expected)
-
-
-def test_2d_positional_embeddings_code_the_row_then_the_column():
-    pe = get_2d_positional_embeddings(grid=7, dim=64).reshape(7, 7, 64)  # row-major tokens back on the grid
-    axis = get_positional_embeddings(7, 32)
-    for r in range(7):
-        for c in range(7):
-            torch.testing.assert_close(pe[r, c], torch.cat([axis[r], axis[c]]))
-    with pytest.raises(ValueError, match="divisible by 4"):
-        get_2d_positional_embeddings(grid=7, dim=66)
-
-
-def test_a_class_token_gets_no_2d_position():
-    model = tiny_vit(pool="cls", pos_embedding="sincos2d")
-    assert model.pos_embedding[0, 0].abs().sum() == 0 and model.pos_embedding[0, 1:].abs().sum() > 0
 
 
 def test_positional_embeddings_are_sinusoidal_and_distinct():
@@ -69,7 +53,7 @@ def test_attention_equals_naive_reference():
 @pytest.mark.parametrize("tokenizer, patch_size, stem_channels", [("patch", 7, 0), ("conv", 4, 0), ("conv", 4, 8)])
 @pytest.mark.parametrize("pool, conv_mlp", [("cls", False), ("mean", False), ("seq", False), ("seq", True),
                                             ("cls", True)])
-@pytest.mark.parametrize("pos_embedding", ["sincos", "sincos2d", "learned"])
+@pytest.mark.parametrize("pos_embedding", ["sincos", "learned"])
 def test_forward_shapes_and_every_parameter_gets_a_gradient(tokenizer, patch_size, stem_channels, pool, conv_mlp,
                                                             pos_embedding):
     torch.manual_seed(0)

@@ -38,19 +38,6 @@ def get_positional_embeddings(num_tokens: int, dim: int) -> torch.Tensor:
     return embeddings
 
 
-def get_2d_positional_embeddings(grid: int, dim: int) -> torch.Tensor:
-    """Fixed 2-D sinusoidal position embeddings ``[grid * grid, dim]`` for a row-major token grid: the first half of
-    the width codes the row, the second the column, each as :func:`get_positional_embeddings` of width ``dim / 2``
-    (MoCo v3; Beyer et al. 2022, "Better plain ViT baselines")."""
-    if dim % 4:
-        raise SettingError(f"2-D sinusoidal position embeddings need a width divisible by 4, got {dim}; "
-                           "use such a dim, or --model.pos_embedding sincos")
-    axis = get_positional_embeddings(grid, dim // 2)
-    rows = axis.repeat_interleave(grid, dim=0)  # token r * grid + c: row r
-    columns = axis.repeat(grid, 1)  # column c
-    return torch.cat([rows, columns], dim=1)
-
-
 class ConvTokenizer(nn.Module):
     """Convolutional stem ("Early Convolutions Help Transformers See Better", Xiao et al. 2021): stride-2 3x3
     convolutions with BatchNorm and ReLU, one per halving, from ``[B, C, H, W]`` to tokens ``[B, N, dim]``.

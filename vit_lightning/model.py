@@ -9,12 +9,11 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vit_lightning.errors import SettingError
 from vit_lightning.layers import (ConvTokenizer, PatchTokenizer, SequencePooling, ViTBlock,
-                                  get_2d_positional_embeddings, get_positional_embeddings)
+                                  get_positional_embeddings)
 
 
 class VisionTransformer(nn.Module):
@@ -25,8 +24,6 @@ class VisionTransformer(nn.Module):
     ``stem_channels``: a full-resolution convolution before the conv tokenizer's strided ones (0: none).
     ``conv_mlp``: a depthwise 3x3 convolution over the token grid inside every block's MLP (:class:`ViTBlock`).
     ``pool``: the class token (``cls``), the mean of the tokens (``mean``) or :class:`SequencePooling` (``seq``).
-    ``pos_embedding``: fixed sinusoids over the token sequence (``sincos``) or over the grid's rows and columns
-    (``sincos2d``), or ``learned``.
     """
 
     def __init__(
@@ -41,7 +38,7 @@ class VisionTransformer(nn.Module):
         mlp_ratio: float = 4.0,
         dropout: float = 0.0,
         pool: Literal["cls", "mean", "seq"] = "cls",
-        pos_embedding: Literal["sincos", "sincos2d", "learned"] = "sincos",
+        pos_embedding: Literal["sincos", "learned"] = "sincos",
         tokenizer: Literal["patch", "conv"] = "patch",
         stem_channels: int = 0,
         conv_mlp: bool = False,
@@ -63,8 +60,8 @@ class VisionTransformer(nn.Module):
             raise SettingError(f"pool must be 'cls', 'mean' or 'seq', got {pool!r}")
         if tokenizer not in ("patch", "conv"):
             raise SettingError(f"tokenizer must be 'patch' or 'conv', got {tokenizer!r}")
-        if pos_embedding not in ("sincos", "sincos2d", "learned"):
-            raise SettingError(f"pos_embedding must be 'sincos', 'sincos2d' or 'learned', got {pos_embedding!r}")
+        if pos_embedding not in ("sincos", "learned"):
+            raise SettingError(f"pos_embedding must be 'sincos' or 'learned', got {pos_embedding!r}")
         if not 0.0 <= dropout < 1.0:
             raise SettingError(f"dropout must be in [0, 1), got {dropout}")
         self.image_size = image_size
@@ -80,9 +77,6 @@ class VisionTransformer(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if pool == "cls" else None
         if pos_embedding == "learned":
             self.pos_embedding = nn.Parameter(torch.randn(1, num_tokens, dim) * 0.02)
-        elif pos_embedding == "sincos2d":  # the class token, if any, gets none
-            codes = F.pad(get_2d_positional_embeddings(self.grid_size, dim), (0, 0, num_tokens - self.grid_size**2, 0))
-            self.register_buffer("pos_embedding", codes.unsqueeze(0))
         else:
             self.register_buffer("pos_embedding", get_positional_embeddings(num_tokens, dim).unsqueeze(0))
         self.dropout = nn.Dropout(dropout)

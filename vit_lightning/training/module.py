@@ -48,7 +48,7 @@ class ViTClassifier(LightningModule):
         mlp_ratio: float = 4.0,
         dropout: float = 0.0,
         pool: Literal["cls", "mean", "seq"] = "cls",
-        pos_embedding: Literal["sincos", "sincos2d", "learned"] = "sincos",
+        pos_embedding: Literal["sincos", "learned"] = "sincos",
         tokenizer: Literal["patch", "conv"] = "patch",
         stem_channels: int = 0,
         conv_mlp: bool = False,
