@@ -27,10 +27,15 @@ LIGHT_BACKGROUND = 127.5
 # dirt).
 NOISE, LEAST, MARGIN, TRIM = 5.0, 0.02, 0.02, 0.005
 
-def has_light_background(image: torch.Tensor) -> bool:
+def outermost_pixels(image: torch.Tensor | np.ndarray) -> np.ndarray:
+    """The 1-pixel frame of an image ``[H, W]``, as float64: what the background is judged by."""
+    pixels = np.asarray(image, dtype=np.float64)
+    return np.concatenate([pixels[0], pixels[-1], pixels[1:-1, 0], pixels[1:-1, -1]])
+
+
+def has_light_background(image: torch.Tensor | np.ndarray) -> bool:
     """Whether an image ``[H, W]`` (0..255) has a light background: the mean of its 1-pixel frame is above mid-grey."""
-    frame = torch.cat([image[0], image[-1], image[1:-1, 0], image[1:-1, -1]])
-    return frame.float().mean().item() > LIGHT_BACKGROUND
+    return float(outermost_pixels(image).mean()) > LIGHT_BACKGROUND
 
 
 def grayscale(image: Image.Image) -> Image.Image:
@@ -68,7 +73,7 @@ def prepare_image(image: Image.Image, size: int, auto_invert: bool = True, frami
         pixels = torch.frombuffer(bytearray(gray.tobytes()), dtype=torch.uint8).reshape(size, size)
         return 255 - pixels if auto_invert and has_light_background(pixels) else pixels
     pixels = np.asarray(gray, dtype=np.float32)
-    if auto_invert and has_light_background(torch.from_numpy(pixels)):
+    if auto_invert and has_light_background(pixels):
         pixels = 255 - pixels
     return frame(pixels, size, framing)
 
@@ -79,7 +84,7 @@ def frame(pixels: np.ndarray, size: int, framing: Framing) -> torch.Tensor:
     the strokes (see :data:`MARGIN`, :data:`TRIM`) scaled to ``framing.box`` pixels on its longer side
     (anti-aliased, aspect ratio kept) and centred in ``size`` x ``size`` by its centre of mass or its box. A blank
     image becomes black. Returns uint8 ``[size, size]``."""
-    border = np.concatenate([pixels[0], pixels[-1], pixels[1:-1, 0], pixels[1:-1, -1]])
+    border = outermost_pixels(pixels)
     background = np.median(border)
     ink = np.clip(pixels - background, 0, None)
     noise = 1.4826 * float(np.median(np.abs(border - background)))
