@@ -71,7 +71,9 @@ def tiny_args(data_root: Path, run_dir: Path, *extra: str) -> list[str]:
 
 
 PATCH_CLS = ()  # tiny_args' own model: patch tokenizer, class token
-CONV_SEQ = ("--model.tokenizer", "conv", "--model.pool", "seq", "--model.patch_size", "4")
+# every option the origin's model lacks: conv tokenizer, sequence pooling, convolutional MLPs, locality attention
+CONV_SEQ = ("--model.tokenizer", "conv", "--model.pool", "seq", "--model.patch_size", "4", "--model.conv_mlp", "true",
+            "--model.locality_attention", "true")
 
 
 def run_train(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:

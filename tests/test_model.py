@@ -50,15 +50,39 @@ def test_attention_equals_naive_reference():
     torch.testing.assert_close(attention.attention_weights(x), weights, atol=1e-6, rtol=1e-5)
 
 
+def test_locality_attention_equals_naive_reference():
+    """LSA: per-head learned scales of q k^T, and the diagonal (each token's attention to itself) masked out."""
+    torch.manual_seed(0)
+    attention = MultiHeadSelfAttention(dim=24, heads=3, locality=True).eval()
+    with torch.no_grad():
+        attention.scale.copy_(torch.tensor([0.5, 1.0, 2.0]))  # distinct heads: a scale applied to the wrong head fails
+    x = torch.randn(2, 5, 24)
+    q, k, v = attention.qkv(x).reshape(2, 5, 3, 3, 8).permute(2, 0, 3, 1, 4)
+    weights = torch.zeros(2, 3, 5, 5)
+    for b in range(2):
+        for h in range(3):
+            for i in range(5):
+                others = [j for j in range(5) if j != i]
+                scores = torch.stack([q[b, h, i] @ k[b, h, j] for j in others]) * attention.scale[h]
+                weights[b, h, i, others] = torch.softmax(scores, dim=0)
+    expected = attention.proj((weights @ v).transpose(1, 2).reshape(2, 5, 24))
+    torch.testing.assert_close(attention.attention_weights(x), weights, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(attention(x), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(MultiHeadSelfAttention(24, 3, locality=True).scale.detach(),
+                               torch.full((3,), 8**-0.5))  # starts at the usual 1/sqrt(d)
+    assert attention.attention_weights(torch.randn(2, 1, 24)).eq(1).all()  # a lone token attends to itself, no NaN
+
+
 @pytest.mark.parametrize("tokenizer, patch_size, stem_channels", [("patch", 7, 0), ("conv", 4, 0), ("conv", 4, 8)])
 @pytest.mark.parametrize("pool, conv_mlp", [("cls", False), ("mean", False), ("seq", False), ("seq", True),
                                             ("cls", True)])
-@pytest.mark.parametrize("pos_embedding", ["sincos", "learned"])
+@pytest.mark.parametrize("pos_embedding, locality_attention", [("sincos", False), ("learned", False), ("sincos", True)])
 def test_forward_shapes_and_every_parameter_gets_a_gradient(tokenizer, patch_size, stem_channels, pool, conv_mlp,
-                                                            pos_embedding):
+                                                            pos_embedding, locality_attention):
     torch.manual_seed(0)
     model = tiny_vit(tokenizer=tokenizer, patch_size=patch_size, stem_channels=stem_channels, pool=pool,
-                     conv_mlp=conv_mlp, pos_embedding=pos_embedding, dropout=0.1)
+                     conv_mlp=conv_mlp, pos_embedding=pos_embedding, dropout=0.1,
+                     locality_attention=locality_attention)
     with torch.no_grad():
         model.head.weight.normal_()  # the head starts at zero, which would stop gradients reaching the body
     logits = model(torch.randn(4, 1, 28, 28))

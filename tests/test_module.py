@@ -42,11 +42,12 @@ def test_a_one_step_run_trains_with_every_schedule(data_root, tmp_path, schedule
     assert trainer.global_step == 1
 
 
-def test_class_token_and_learned_positions_take_no_weight_decay():
-    model = ViTClassifier(**TINY, pool="cls", pos_embedding="learned", lr_schedule="constant")
+def test_class_token_learned_positions_and_attention_scales_take_no_weight_decay():
+    model = ViTClassifier(**TINY, pool="cls", pos_embedding="learned", locality_attention=True, lr_schedule="constant")
     decay, no_decay = model.configure_optimizers().param_groups
     ids = {id(p) for p in no_decay["params"]}
     assert id(model.model.cls_token) in ids and id(model.model.pos_embedding) in ids
+    assert all(id(block.attn.scale) in ids for block in model.model.blocks)  # decay would flatten attention
     assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] > 0
     assert all(p.ndim >= 2 for p in decay["params"])
 

@@ -114,9 +114,13 @@ class MultiHeadSelfAttention(nn.Module):
     Explicit matrix products rather than ``F.scaled_dot_product_attention``: for the few tokens of a 28x28 image
     (49) they train about 8% faster on a CPU than PyTorch's fused kernel, export to ONNX as plain operators, and
     :meth:`attention_weights` shares the code that trains.
+
+    ``locality`` turns on locality self-attention (LSA, Lee et al. 2021, "Vision Transformer for Small-Size
+    Datasets"): each head learns its own scale of ``q k^T`` (a temperature, starting at ``1/sqrt(d)``), and no token
+    attends to itself, so attention goes to the other tokens rather than mostly to its own.
     """
 
-    def __init__(self, dim: int, heads: int, dropout: float = 0.0):
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0, locality: bool = False):
         super().__init__()
         if dim % heads:
             raise ValueError(f"width {dim} is not divisible by heads={heads}")
@@ -125,6 +129,8 @@ class MultiHeadSelfAttention(nn.Module):
         self.dropout = dropout
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
+        # one dimension: the optimizer takes no weight decay on it, as on biases and norms
+        self.scale = nn.Parameter(torch.full((heads,), self.head_dim**-0.5)) if locality else None
 
     def _split_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b, n, _ = x.shape
@@ -132,7 +138,12 @@ class MultiHeadSelfAttention(nn.Module):
         return qkv.unbind(0)  # unbind, not indexing: its backward stacks instead of filling zeros three times
 
     def _weights(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        return torch.softmax((q * self.head_dim**-0.5) @ k.transpose(-2, -1), dim=-1)  # [B, heads, N, N]
+        if self.scale is None:
+            return torch.softmax((q * self.head_dim**-0.5) @ k.transpose(-2, -1), dim=-1)  # [B, heads, N, N]
+        scores = (q * self.scale.view(-1, 1, 1)) @ k.transpose(-2, -1)
+        itself = torch.eye(scores.shape[-1], dtype=torch.bool, device=scores.device)
+        # the most negative float rather than -inf: a single token (a 1x1 grid) then attends to itself, not to NaN
+        return torch.softmax(scores.masked_fill(itself, torch.finfo(scores.dtype).min), dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self._split_heads(x)
@@ -171,13 +182,15 @@ class ViTBlock(nn.Module):
     ``conv_grid`` > 0 (tokens on that square grid, after a class token if any) puts a :class:`TokenGridConv` between the MLP's
     first layer and its activation (PVTv2's convolutional feed-forward, Wang et al. 2022; LocalViT, Li et al. 2021):
     each token mixes with its 8 neighbours, a locality that attention must otherwise learn from the data.
+    ``locality_attention``: locality self-attention (see :class:`MultiHeadSelfAttention`).
     """
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0, conv_grid: int = 0):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0, conv_grid: int = 0,
+                 locality_attention: bool = False):
         super().__init__()
         hidden = int(dim * mlp_ratio)
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = MultiHeadSelfAttention(dim, heads, dropout)
+        self.attn = MultiHeadSelfAttention(dim, heads, dropout, locality_attention)
         self.norm2 = nn.LayerNorm(dim)
         local = [TokenGridConv(hidden, conv_grid)] if conv_grid else []
         self.mlp = nn.Sequential(

@@ -23,6 +23,8 @@ class VisionTransformer(nn.Module):
     two); either way the image becomes a ``(image_size / patch_size)``-square grid of tokens.
     ``stem_channels``: a full-resolution convolution before the conv tokenizer's strided ones (0: none).
     ``conv_mlp``: a depthwise 3x3 convolution over the token grid inside every block's MLP (:class:`ViTBlock`).
+    ``locality_attention``: locality self-attention in every block (LSA: learned temperatures, no attention of a token
+    to itself; :class:`~vit_lightning.layers.MultiHeadSelfAttention`).
     ``pool``: the class token (``cls``), the mean of the tokens (``mean``) or :class:`SequencePooling` (``seq``).
     """
 
@@ -42,6 +44,7 @@ class VisionTransformer(nn.Module):
         tokenizer: Literal["patch", "conv"] = "patch",
         stem_channels: int = 0,
         conv_mlp: bool = False,
+        locality_attention: bool = False,
     ):
         super().__init__()
         counts = dict(image_size=image_size, in_channels=in_channels, patch_size=patch_size, num_classes=num_classes,
@@ -83,7 +86,8 @@ class VisionTransformer(nn.Module):
         conv_grids = [self.grid_size if conv_mlp else 0] * depth
         if pool == "cls":  # the last block's grid tokens never reach the head: a convolution there could not learn
             conv_grids[-1] = 0
-        self.blocks = nn.ModuleList(ViTBlock(dim, heads, mlp_ratio, dropout, grid) for grid in conv_grids)
+        self.blocks = nn.ModuleList(ViTBlock(dim, heads, mlp_ratio, dropout, grid, locality_attention)
+                                    for grid in conv_grids)
         self.norm = nn.LayerNorm(dim)
         self.sequence_pool = SequencePooling(dim) if pool == "seq" else None
         self.head = nn.Linear(dim, num_classes)

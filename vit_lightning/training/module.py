@@ -52,6 +52,7 @@ class ViTClassifier(LightningModule):
         tokenizer: Literal["patch", "conv"] = "patch",
         stem_channels: int = 0,
         conv_mlp: bool = False,
+        locality_attention: bool = False,
         label_smoothing: float = 0.1,
         optimizer: OptimizerCallable | None = None,
         lr_schedule: Literal["warmup_cosine", "onecycle", "constant"] = "warmup_cosine",
