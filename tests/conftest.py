@@ -3,12 +3,19 @@ a terminal."""
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 
 import pytest
+import torch
 
 from support import tiny_args, write_dataset
+
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one of pytest -n 2's processes: a core each, for the processes it starts too
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
