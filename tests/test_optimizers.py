@@ -14,6 +14,7 @@ def test_orthogonalize_brings_every_singular_value_near_one():
         matrix = torch.randn(shape) * torch.logspace(-1, 1, shape[1])  # singular values spread over 100x
         assert torch.linalg.svdvals(matrix).max() > 10 * torch.linalg.svdvals(matrix).min()
         singular = torch.linalg.svdvals(orthogonalize(matrix))
+        torch.testing.assert_close(orthogonalize(torch.stack([matrix, 2 * matrix]))[1], orthogonalize(matrix))  # batched
         assert singular.min() > 0.6 and singular.max() < 1.25, (shape, singular.min(), singular.max())
 
 

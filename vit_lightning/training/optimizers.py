@@ -7,21 +7,23 @@ import math
 from typing import Iterable
 
 import torch
+from torch.optim.adamw import adamw
 
 HIDDEN_MATRIX_SIDE = 16  # a weight matrix with both sides at least this long is a hidden layer's (see MuonAdamW)
 
 
-def orthogonalize(matrix: torch.Tensor, steps: int = 5) -> torch.Tensor:
-    """The nearest semi-orthogonal matrix to ``matrix``, approximately (singular values pushed towards 1 by a
-    quintic Newton-Schulz iteration, with Jordan et al.'s coefficients; they land in about [0.7, 1.2])."""
+def orthogonalize(matrices: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """The nearest semi-orthogonal matrix to each of ``matrices`` (``[..., rows, columns]``), approximately: singular
+    values pushed towards 1 by a quintic Newton-Schulz iteration with Jordan et al.'s coefficients (they land in
+    about [0.7, 1.2]). A stack of matrices of one shape takes one batched product per step."""
     a, b, c = 3.4445, -4.7750, 2.0315
-    tall = matrix.shape[0] > matrix.shape[1]
-    x = matrix.T if tall else matrix
-    x = x / (x.norm() + 1e-7)
+    tall = matrices.shape[-2] > matrices.shape[-1]
+    x = matrices.mT if tall else matrices
+    x = x / (torch.linalg.matrix_norm(x, keepdim=True) + 1e-7)
     for _ in range(steps):
-        gram = x @ x.T
+        gram = x @ x.mT
         x = a * x + (b * gram + c * gram @ gram) @ x
-    return x.T if tall else x
+    return x.mT if tall else x
 
 
 class MuonAdamW(torch.optim.Optimizer):
@@ -57,31 +59,35 @@ class MuonAdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            lr, decay = group["lr"], group["weight_decay"]
-            for parameter in group["params"]:
-                if parameter.grad is None:
-                    continue
-                parameter.mul_(1 - lr * decay)
-                if self.takes_muon(parameter):
-                    self._muon(parameter, group)
-                else:
-                    self._adamw(parameter, group)
+            parameters = [parameter for parameter in group["params"] if parameter.grad is not None]
+            self._muon([parameter for parameter in parameters if self.takes_muon(parameter)], group)
+            self._adamw([parameter for parameter in parameters if not self.takes_muon(parameter)], group)
         return loss
 
-    def _muon(self, parameter: torch.Tensor, group: dict) -> None:
-        momentum = group["momentum"]
-        buffer = self.state[parameter].setdefault("momentum_buffer", torch.zeros_like(parameter))
-        buffer.mul_(momentum).add_(parameter.grad)
-        update = orthogonalize(parameter.grad.add(buffer, alpha=momentum), group["ns_steps"])  # Nesterov
-        parameter.add_(update, alpha=-group["lr"] * 0.2 * math.sqrt(max(parameter.shape)))
+    def _muon(self, matrices: list[torch.Tensor], group: dict) -> None:
+        """One Muon step for ``matrices``, those of a shape orthogonalized together."""
+        momentum, by_shape = group["momentum"], {}
+        for parameter in matrices:
+            buffer = self.state[parameter].setdefault("momentum_buffer", torch.zeros_like(parameter))
+            buffer.mul_(momentum).add_(parameter.grad)
+            by_shape.setdefault(parameter.shape, []).append(parameter)
+        for shape, parameters in by_shape.items():
+            nesterov = [p.grad.add(self.state[p]["momentum_buffer"], alpha=momentum) for p in parameters]
+            updates = orthogonalize(torch.stack(nesterov), group["ns_steps"])
+            for parameter, update in zip(parameters, updates):
+                parameter.mul_(1 - group["lr"] * group["weight_decay"])
+                parameter.add_(update, alpha=-group["lr"] * 0.2 * math.sqrt(max(shape)))
 
-    def _adamw(self, parameter: torch.Tensor, group: dict) -> None:
-        state = self.state[parameter]
-        if not state:
-            state.update(step=0, exp_avg=torch.zeros_like(parameter), exp_avg_sq=torch.zeros_like(parameter))
-        (beta1, beta2), grad = group["betas"], parameter.grad
-        state["step"] += 1
-        state["exp_avg"].lerp_(grad, 1 - beta1)
-        state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        denominator = (state["exp_avg_sq"] / (1 - beta2 ** state["step"])).sqrt_().add_(group["eps"])
-        parameter.addcdiv_(state["exp_avg"], denominator, value=-group["lr"] / (1 - beta1 ** state["step"]))
+    def _adamw(self, parameters: list[torch.Tensor], group: dict) -> None:
+        """One AdamW step for ``parameters`` (torch's own, on all of them at once)."""
+        states = [self.state[parameter] for parameter in parameters]
+        for parameter, state in zip(parameters, states):
+            if not state:
+                state.update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(parameter),
+                             exp_avg_sq=torch.zeros_like(parameter))
+        beta1, beta2 = group["betas"]
+        adamw(
+            parameters, [parameter.grad for parameter in parameters], [state["exp_avg"] for state in states],
+            [state["exp_avg_sq"] for state in states], [], [state["step"] for state in states], foreach=True,
+            amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"], weight_decay=group["weight_decay"],
+            eps=group["eps"], maximize=False)
