@@ -139,9 +139,11 @@ def test_standard_trainer_settings_train(data_root, tmp_path, flags):
     assert cli.trainer.global_step > 0
     assert (run_dir / "checkpoints").exists() == ("--trainer.enable_checkpointing" not in flags)
     assert (run_dir / "logs").exists() == ("--trainer.logger" not in flags)
-    if "--trainer.max_epochs" in flags:  # the one-cycle schedule knew its length: it was going down to zero
-        rates = [float(row["lr-AdamW/pg1"]) for row in read_metrics(run_dir) if row.get("lr-AdamW/pg1")]
-        assert rates[-1] < 0.5 * max(rates)
+    if "--trainer.max_epochs" in flags:  # the one-cycle schedule knew its length: it was going down
+        rates = [float(row["lr-MuonAdamW/pg1"]) for row in read_metrics(run_dir) if row.get("lr-MuonAdamW/pg1")]
+        # not "near zero": a batch slowed by a busy machine can take the last seconds of max_time after its rate
+        # was logged; without a length the rate would stay at the warm-up's first value
+        assert rates[-1] < 0.9 * max(rates)
 
 
 @pytest.mark.slow  # several seconds of training

@@ -31,7 +31,7 @@ def test_learning_rate_search_sets_the_schedule_peak_and_is_skipped_on_resume(da
     found = [r.getMessage() for r in caplog.records if r.getMessage().startswith("learning-rate search: peak")]
     assert len(found) == 1
     suggestion = float(found[0].rsplit(" ", 1)[1])
-    logged = [float(row["lr-AdamW/pg1"]) for row in read_metrics(run_dir) if row.get("lr-AdamW/pg1")]
+    logged = [float(row["lr-MuonAdamW/pg1"]) for row in read_metrics(run_dir) if row.get("lr-MuonAdamW/pg1")]
     assert max(logged) == pytest.approx(suggestion, rel=1e-2)  # the warm-up climbs to the suggestion, not to 1e-3
     assert suggestion != pytest.approx(1e-3)
     assert not list(run_dir.glob(".lr_find_*.ckpt"))  # the search's temporary checkpoint is gone

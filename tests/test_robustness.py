@@ -120,7 +120,7 @@ def test_a_moved_run_resumes_its_log_and_follows_the_schedule_of_its_new_length(
     (tmp_path / "before").rename(run_dir)
     main(["fit", *tiny_args(data_root, run_dir, "--trainer.max_epochs", str(MAX_EPOCHS)), "--ckpt_path", "last"])
     assert_complete_and_continuous(run_dir)  # in logs/version_0, not a new version_1
-    rates = {int(row["step"]): float(row["lr-AdamW/pg1"]) for row in metrics(run_dir) if row["lr-AdamW/pg1"]}
+    rates = {int(row["step"]): float(row["lr-MuonAdamW/pg1"]) for row in metrics(run_dir) if row["lr-MuonAdamW/pg1"]}
     total = MAX_EPOCHS * STEPS_PER_EPOCH  # the 2-epoch schedule had ended at 0 where the 4-epoch one resumes
     expected = [0.003 * _one_cycle(step, int(0.05 * total), total) for step in range(2 * STEPS_PER_EPOCH, total)]
     assert [rates[step] for step in range(2 * STEPS_PER_EPOCH, total)] == pytest.approx(expected)

@@ -42,9 +42,12 @@ class MuonAdamW(torch.optim.Optimizer):
     def __init__(self, params: Iterable, lr: float = 1e-3, weight_decay: float = 0.05,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, momentum: float = 0.95,
                  ns_steps: int = 5):
-        if lr <= 0 or weight_decay < 0 or not 0 <= momentum < 1 or not all(0 <= beta < 1 for beta in betas):
-            raise ValueError(f"MuonAdamW needs lr > 0, weight_decay >= 0 and momentum and betas in [0, 1); got "
-                             f"lr={lr}, weight_decay={weight_decay}, momentum={momentum}, betas={tuple(betas)}")
+        for problem, bad in ((f"Invalid learning rate: {lr}", lr <= 0),
+                             (f"Invalid weight_decay value: {weight_decay}", weight_decay < 0),
+                             (f"Invalid momentum value: {momentum}", not 0 <= momentum < 1),
+                             (f"Invalid beta parameters: {tuple(betas)}", not all(0 <= beta < 1 for beta in betas))):
+            if bad:  # torch.optim's words, which the CLI's one-line errors show
+                raise ValueError(problem)
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay, betas=tuple(betas), eps=eps,
                                       momentum=momentum, ns_steps=ns_steps))
 
