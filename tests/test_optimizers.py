@@ -64,3 +64,20 @@ def test_state_survives_a_save_and_load():
         optimizer_now.step()
     for parameter, twin in zip(parameters, copies):
         torch.testing.assert_close(parameter, twin)
+
+
+def test_an_adamw_state_resumes_with_muon_adamw():
+    """A run trained with AdamW (the default before) and resumed with MuonAdamW: its moments are reused, Muon's
+    momentum starts at zero, and settings AdamW's groups lack (momentum, ns_steps) take MuonAdamW's defaults."""
+    torch.manual_seed(0)
+    parameters = [torch.randn(32, 16, requires_grad=True), torch.randn(16, requires_grad=True)]
+    adamw = torch.optim.AdamW(parameters, lr=0.01)
+    for parameter in parameters:
+        parameter.grad = torch.ones_like(parameter)
+    adamw.step()
+    resumed = MuonAdamW(parameters, lr=0.01)
+    resumed.load_state_dict(copy.deepcopy(adamw.state_dict()))
+    resumed.step()
+    assert resumed.param_groups[0]["momentum"] == 0.95 and resumed.param_groups[0]["ns_steps"] == 5
+    assert torch.equal(resumed.state[parameters[0]]["momentum_buffer"], parameters[0].grad)
+    assert resumed.state[parameters[1]]["step"] == 2  # AdamW's count went on

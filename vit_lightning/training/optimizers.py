@@ -51,6 +51,14 @@ class MuonAdamW(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay, betas=tuple(betas), eps=eps,
                                       momentum=momentum, ns_steps=ns_steps))
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Also another optimizer's state (a run trained with AdamW, the default before MuonAdamW, resumed with
+        it): settings that state lacks take this optimizer's defaults; Muon's momentum starts at zero."""
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            for name, default in self.defaults.items():
+                group.setdefault(name, default)
+
     @staticmethod
     def takes_muon(parameter: torch.Tensor) -> bool:
         return parameter.ndim == 2 and min(parameter.shape) >= HIDDEN_MATRIX_SIDE
