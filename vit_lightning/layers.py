@@ -138,12 +138,13 @@ class MultiHeadSelfAttention(nn.Module):
         return qkv.unbind(0)  # unbind, not indexing: its backward stacks instead of filling zeros three times
 
     def _weights(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        if self.scale is None:
-            return torch.softmax((q * self.head_dim**-0.5) @ k.transpose(-2, -1), dim=-1)  # [B, heads, N, N]
-        scores = (q * self.scale.view(-1, 1, 1)) @ k.transpose(-2, -1)
-        itself = torch.eye(scores.shape[-1], dtype=torch.bool, device=scores.device)
-        # the most negative float rather than -inf: a single token (a 1x1 grid) then attends to itself, not to NaN
-        return torch.softmax(scores.masked_fill(itself, torch.finfo(scores.dtype).min), dim=-1)
+        scale = self.head_dim**-0.5 if self.scale is None else self.scale.view(-1, 1, 1)
+        scores = (q * scale) @ k.transpose(-2, -1)  # [B, heads, N, N]
+        if self.scale is not None:  # locality: no token attends to itself
+            itself = torch.eye(scores.shape[-1], dtype=torch.bool, device=scores.device)
+            # the most negative float rather than -inf: a single token (a 1x1 grid) then attends to itself, not NaN
+            scores = scores.masked_fill(itself, torch.finfo(scores.dtype).min)
+        return torch.softmax(scores, dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self._split_heads(x)
