@@ -3,6 +3,7 @@
 import logging
 
 import pytest
+import yaml
 
 from support import read_metrics, tiny_args
 from vit_lightning.training.cli import main
@@ -42,3 +43,27 @@ def test_learning_rate_search_sets_the_schedule_peak_and_is_skipped_on_resume(da
         main(["fit", *tiny_args(data_root, run_dir, *flags[:-1], "5"), "--ckpt_path", "last"])
     assert any("learning-rate search skipped" in r.getMessage() for r in caplog.records)
     assert int(read_metrics(run_dir)[-1]["step"]) > steps  # it went on from the checkpoint's step
+
+
+def resolved(capsys, *configs: str) -> dict:
+    """The complete config `train.py fit` resolves from ``configs`` (after configs/default.yaml)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *[flag for name in configs for flag in ("--config", str(preset_file(name)))], "--print_config"])
+    assert exit_info.value.code == 0
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def test_every_run_config_is_accepted_by_the_cli(capsys):
+    # each file is parsed and checked on its own, so a misspelt or mistyped key in any of them exits non-zero
+    names = ["quick", "fashion_mnist", "small_data", "gpu", "ddp", "early_stopping", "lr_find", "wandb"]
+    config = resolved(capsys, *names)
+    assert config["trainer"]["precision"] == "bf16-mixed" and config["trainer"]["strategy"] == "ddp"
+
+
+def test_presets_are_the_recipes_readme_measured(capsys):
+    default = resolved(capsys)
+    assert (default["model"]["depth"], default["trainer"]["max_epochs"], default["data"]["translate"]) == (4, 15, 0.0)
+    quick = resolved(capsys, "quick", "fashion_mnist")
+    assert (quick["model"]["depth"], quick["trainer"]["max_epochs"], quick["model"]["test_time_flip"]) == (3, 6, True)
+    small = resolved(capsys, "quick", "small_data")
+    assert (small["model"]["depth"], small["trainer"]["max_epochs"], small["data"]["translate"]) == (3, 30, 0.1)
