@@ -70,9 +70,12 @@ class MuonAdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            parameters = [parameter for parameter in group["params"] if parameter.grad is not None]
-            self._muon([parameter for parameter in parameters if self.takes_muon(parameter)], group)
-            self._adamw([parameter for parameter in parameters if not self.takes_muon(parameter)], group)
+            matrices, others = [], []
+            for parameter in group["params"]:
+                if parameter.grad is not None:
+                    (matrices if self.takes_muon(parameter) else others).append(parameter)
+            self._muon(matrices, group)
+            self._adamw(others, group)
         return loss
 
     def _muon(self, matrices: list[torch.Tensor], group: dict) -> None:
