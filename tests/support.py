@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from vit_lightning.data.idx import SPLIT_FILES, write_idx
 
@@ -101,3 +102,14 @@ def user_error(capsys, *args: str) -> str:
     err = capsys.readouterr().err
     assert exit_info.value.code == 1 and len(err.splitlines()) == 1 and err.startswith("error: "), err
     return err.strip()
+
+
+def resolved(capsys, *configs: str) -> dict:
+    """The complete config `train.py fit` resolves from the presets ``configs`` (after configs/default.yaml)."""
+    from vit_lightning.training.cli import main
+    from vit_lightning.training.presets import preset_file
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *[flag for name in configs for flag in ("--config", str(preset_file(name)))], "--print_config"])
+    assert exit_info.value.code == 0
+    return yaml.safe_load(capsys.readouterr().out)

@@ -11,7 +11,7 @@ import torchvision.datasets.mnist
 import yaml
 from PIL import Image
 
-from support import read_metrics, tiny_args, user_error
+from support import read_metrics, resolved, tiny_args, user_error
 from vit_lightning.training.cli import ViTCLI, main
 from vit_lightning.data.datasets import DATASETS, normalize, unit_range
 from vit_lightning.data.idx import find_idx_files, load_split
@@ -159,10 +159,7 @@ def test_training_shard_is_reshuffled_every_epoch(data_root, tmp_path):
 
 
 def test_print_config_is_complete_yaml(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--print_config"])
-    assert exit_info.value.code == 0
-    config = yaml.safe_load(capsys.readouterr().out)
+    config = resolved(capsys)
     assert config["model"]["dim"] == 64 and config["model"]["tokenizer"] == "conv"
     assert config["data"]["dataset"] is None  # the --ckpt_path checkpoint's, else mnist
     assert config["checkpoint"]["monitor"] == "val/acc" and config["seed_everything"] == 42

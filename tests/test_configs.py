@@ -3,9 +3,8 @@
 import logging
 
 import pytest
-import yaml
 
-from support import read_metrics, tiny_args
+from support import read_metrics, resolved, tiny_args
 from vit_lightning.training.cli import main
 from vit_lightning.training.presets import preset_file
 
@@ -43,14 +42,6 @@ def test_learning_rate_search_sets_the_schedule_peak_and_is_skipped_on_resume(da
         main(["fit", *tiny_args(data_root, run_dir, *flags[:-1], "5"), "--ckpt_path", "last"])
     assert any("learning-rate search skipped" in r.getMessage() for r in caplog.records)
     assert int(read_metrics(run_dir)[-1]["step"]) > steps  # it went on from the checkpoint's step
-
-
-def resolved(capsys, *configs: str) -> dict:
-    """The complete config `train.py fit` resolves from ``configs`` (after configs/default.yaml)."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(["fit", *[flag for name in configs for flag in ("--config", str(preset_file(name)))], "--print_config"])
-    assert exit_info.value.code == 0
-    return yaml.safe_load(capsys.readouterr().out)
 
 
 def test_every_run_config_is_accepted_by_the_cli(capsys):

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from support import write_dataset
-from vit_lightning.data.augment import RandomAffine
+from vit_lightning.data.augment import RandomAffine, RandomErasing
 from vit_lightning.training.datamodule import MNISTDataModule, shard_sampler
 from vit_lightning.data.datasets import DATASETS
 from vit_lightning.data.idx import find_idx_files, load_split, read_idx, write_idx
 from vit_lightning.data.preprocess import load_images
-from vit_lightning.errors import UserError
+from vit_lightning.errors import SettingError, UserError
 
 
 def datamodule(root: Path, **overrides) -> MNISTDataModule:
@@ -94,6 +94,35 @@ def test_random_affine_flip_mirrors_exactly():
     images = torch.rand(3, 1, 28, 28)
     flipped = RandomAffine(degrees=0, translate=0, scale=(1.0, 1.0), hflip=1.0)(images)
     torch.testing.assert_close(flipped, images.flip(-1), atol=1e-5, rtol=0)
+
+
+def test_random_erasing_puts_one_rectangle_of_noise_on_the_chosen_share_of_images():
+    images = torch.zeros(400, 1, 28, 28)
+    erased = RandomErasing(1.0, torch.Generator().manual_seed(0))(images)
+    for image in erased[:, 0]:
+        rows, columns = image.nonzero(as_tuple=True)  # noise is never exactly 0
+        height, width = rows.max() - rows.min() + 1, columns.max() - columns.min() + 1
+        assert len(rows) == height * width  # one filled rectangle
+        assert 0.02 * 784 - 2 * (height + width) <= len(rows) <= 0.4 * 784 + 2 * (height + width)
+        assert max(height / width, width / height) <= 1 / 0.3 + 1
+    assert erased.max() <= 1 and erased.std() > 0.1
+    share = (RandomErasing(0.25, torch.Generator().manual_seed(1))(images) != 0).flatten(1).any(1).float().mean()
+    assert 0.2 < share < 0.3
+    torch.testing.assert_close(RandomErasing(0.5, torch.Generator().manual_seed(2))(images),
+                               RandomErasing(0.5, torch.Generator().manual_seed(2))(images))
+    assert RandomErasing(0.0, torch.Generator())(images) is images
+    with pytest.raises(SettingError, match="--data.erasing is the probability"):
+        RandomErasing(1.5, torch.Generator())
+
+
+def test_erasing_is_a_training_augmentation_only(data_root):
+    dm = datamodule(data_root, degrees=0.0, translate=0.0, scale=(1.0, 1.0), erasing=1.0)
+    dm.setup("fit")
+    images, _ = next(iter(dm.val_dataloader()))
+    plain = dm.transform(images, train=False)
+    changed = (dm.transform(images, train=True) != plain).flatten(1).any(1)
+    assert changed.all()  # every training image has its rectangle
+    torch.testing.assert_close(dm.transform(images, train=False), plain)
 
 
 def test_horizontal_flips_by_default_only_for_mirror_symmetric_datasets():

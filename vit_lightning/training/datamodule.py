@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from vit_lightning.data.augment import RandomAffine
+from vit_lightning.data.augment import RandomAffine, RandomErasing
 from vit_lightning.data.datasets import DATASETS, DatasetInfo, normalize, unit_range
 from vit_lightning.data.idx import SPLIT_FILES, find_idx_files, load_split
 from vit_lightning.data.memory import InMemoryImages, batch_as_is, split
@@ -50,12 +50,13 @@ class MNISTDataModule(LightningDataModule):
     normalises them on the device the model runs on. ``batch_size`` is the global batch: each of N processes
     gets ``batch_size / N`` per step, so 1 and N devices train with the same steps and learning rate.
     ``hflip=None`` flips half the training images of a mirror-symmetric dataset (Fashion-MNIST), none of the
-    digits or characters. ``auto_invert`` inverts predict images with a light background (dark strokes on
-    paper) to MNIST's light strokes on black; ``framing`` crops, scales and centres them as the dataset's images
-    were (:mod:`vit_lightning.data.preprocess`). ``train_subset`` N trains on the first N images of the training
-    file only (a small-data run); validation then draws its ``val_size`` images from the rest of the file.
-    ``dataset=None`` is MNIST; the CLI makes it the checkpoint's with ``--ckpt_path``. Predict reads no dataset
-    files, only its images.
+    digits or characters. ``erasing`` P puts a rectangle of noise on that share of the training images, after the
+    affine warp (random erasing, :class:`~vit_lightning.data.augment.RandomErasing`). ``auto_invert`` inverts
+    predict images with a light background (dark strokes on paper) to MNIST's light strokes on black; ``framing``
+    crops, scales and centres them as the dataset's images were (:mod:`vit_lightning.data.preprocess`).
+    ``train_subset`` N trains on the first N images of the training file only (a small-data run); validation then
+    draws its ``val_size`` images from the rest of the file. ``dataset=None`` is MNIST; the CLI makes it the
+    checkpoint's with ``--ckpt_path``. Predict reads no dataset files, only its images.
     """
 
     def __init__(
@@ -73,6 +74,7 @@ class MNISTDataModule(LightningDataModule):
         translate: float = 0.1,
         scale: tuple[float, float] = (0.9, 1.1),
         hflip: float | None = None,
+        erasing: float = 0.0,
         seed: int = 42,
         predict_path: str | None = None,
         auto_invert: bool = True,
@@ -94,6 +96,7 @@ class MNISTDataModule(LightningDataModule):
         if hflip is None:  # flip clothes, not digits or characters
             hflip = 0.5 if self.info.mirror_symmetric else 0.0
         self.augmentation = RandomAffine(degrees, translate, scale, hflip, seed=seed) if augment else None
+        self.erasing = RandomErasing(erasing, self.augmentation.generator) if augment else None
         self.predict_names: list[str] = []
         self.datasets: dict[str, InMemoryImages] = {}
 
@@ -219,7 +222,7 @@ class MNISTDataModule(LightningDataModule):
         x = unit_range(images)
         if train and self.augmentation is not None:
             self._reseed_augmentation()
-            x = self.augmentation(x)
+            x = self.erasing(self.augmentation(x))
         return normalize(x, self.info.mean, self.info.std)
 
     def _reseed_augmentation(self) -> None:
