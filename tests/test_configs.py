@@ -46,7 +46,7 @@ def test_learning_rate_search_sets_the_schedule_peak_and_is_skipped_on_resume(da
 
 def test_every_run_config_is_accepted_by_the_cli(capsys):
     # each file is parsed and checked on its own, so a misspelt or mistyped key in any of them exits non-zero
-    names = ["quick", "fashion_mnist", "small_data", "gpu", "ddp", "early_stopping", "lr_find", "wandb"]
+    names = ["quick", "fashion_mnist", "small_data", "long", "gpu", "ddp", "early_stopping", "lr_find", "wandb"]
     config = resolved(capsys, *names)
     assert config["trainer"]["precision"] == "bf16-mixed" and config["trainer"]["strategy"] == "ddp"
 
@@ -56,5 +56,8 @@ def test_presets_are_the_recipes_readme_measured(capsys):
     assert (default["model"]["depth"], default["trainer"]["max_epochs"], default["data"]["translate"]) == (4, 15, 0.0)
     quick = resolved(capsys, "quick", "fashion_mnist")
     assert (quick["model"]["depth"], quick["trainer"]["max_epochs"], quick["model"]["test_time_flip"]) == (3, 6, True)
+    long = resolved(capsys, "fashion_mnist", "long")
+    assert (long["model"]["dim"], long["model"]["depth"], long["trainer"]["max_epochs"]) == (96, 6, 35)
+    assert (long["data"]["translate"], long["data"]["erasing"], long["trainer"]["precision"]) == (0.07, 0.25, "32-true")
     small = resolved(capsys, "quick", "small_data")
     assert (small["model"]["depth"], small["trainer"]["max_epochs"], small["data"]["translate"]) == (3, 30, 0.1)
