@@ -60,4 +60,5 @@ def test_presets_are_the_recipes_readme_measured(capsys):
     assert (long["model"]["dim"], long["model"]["depth"], long["trainer"]["max_epochs"]) == (96, 6, 35)
     assert (long["data"]["translate"], long["data"]["erasing"], long["trainer"]["precision"]) == (0.07, 0.25, "32-true")
     small = resolved(capsys, "quick", "small_data")
-    assert (small["model"]["depth"], small["trainer"]["max_epochs"], small["data"]["translate"]) == (3, 30, 0.1)
+    assert (small["model"]["depth"], small["trainer"]["max_epochs"], small["data"]["translate"]) == (3, 25, 0.1)
+    assert small["trainer"]["check_val_every_n_epoch"] == 5
