@@ -2,6 +2,7 @@
 
 import csv
 import shutil
+import warnings
 from dataclasses import replace
 from urllib.error import URLError
 
@@ -212,7 +213,11 @@ def test_ckpt_path_best_is_found_in_a_copied_run_folder(data_root, tmp_path):
     main(["fit", *tiny_args(data_root, original, "--trainer.max_epochs", "1")])
     shutil.copytree(original, copy)
     shutil.rmtree(original)  # last.ckpt still names the original folder's best checkpoint
-    main(["test", *tiny_args(data_root, copy), "--ckpt_path", "best"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main(["test", *tiny_args(data_root, copy), "--ckpt_path", "best"])
+    # Lightning warns that the checkpoint callback's record stays behind: irrelevant to a test, so not restored
+    assert not [w for w in caught if "dirpath has changed" in str(w.message)]
     assert len([row for row in read_metrics(copy) if row.get("test/acc")]) == 1
     assert not original.exists()
 

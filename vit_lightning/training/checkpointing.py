@@ -68,9 +68,11 @@ class Checkpoint(ModelCheckpoint):
     _signal = 0  # the signal this process received
     _stop_signal = 0  # the signal every rank agreed to stop on (0: none yet)
     _common_val_batches: list[float] = []  # per validation loader, the fewest batches any rank has
+    _stage = ""  # the trainer's: fit, validate, test or predict
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
+        self._stage = stage
         if not isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO):
             trainer.strategy.checkpoint_io = AtomicCheckpointIO(trainer.strategy.checkpoint_io)
 
@@ -84,6 +86,12 @@ class Checkpoint(ModelCheckpoint):
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(trainer, pl_module, checkpoint)
         _resume_finished_epoch_at_the_next(checkpoint.get("loops") or {}, by_steps=trainer.max_steps != -1)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the record of saved checkpoints for a fit only: validate, test and predict save none, so they
+        neither need it nor print Lightning's warning that it stays behind when the checkpoint is in another folder."""
+        if self._stage == TrainerFn.FITTING:
+            super().load_state_dict(state_dict)
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_fit_start(trainer, pl_module)
