@@ -86,3 +86,26 @@ class SlowPredict(Callback):
     def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
         Path(self.marker).touch()
         time.sleep(self.seconds)
+
+
+class RecordWeights(Callback):
+    """Keep, in :attr:`steps`, the module's weights after every optimizer step and, in :attr:`at_train_start`,
+    its weights and the weight average (:class:`ExponentialAveraging`'s, if any) as training starts (after a
+    resume has restored them). Class attributes: the test reads them after an in-process fit."""
+
+    steps: list[dict] = []
+    at_train_start: list[tuple[dict, dict | None]] = []
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        from vit_lightning.training.averaging import ExponentialAveraging
+
+        averaging = next((c for c in trainer.callbacks if isinstance(c, ExponentialAveraging)), None)
+        average = averaging._average_model.module.state_dict() if averaging else None
+        RecordWeights.at_train_start.append((_copy(pl_module.state_dict()), average and _copy(average)))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        RecordWeights.steps.append(_copy(pl_module.state_dict()))
+
+
+def _copy(state: dict) -> dict:
+    return {name: tensor.detach().clone() for name, tensor in state.items()}

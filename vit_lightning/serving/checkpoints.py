@@ -22,6 +22,9 @@ LOG_DIR = "log_dir"  # the folder the run logged its metrics to, which a resumed
 LOGGER_VERSIONS = "logger_versions"  # {logger class name: its version}, e.g. the W&B run id a resumed fit continues
 DATASET = "dataset"  # the dataset the model was trained on, as far as the model depends on it (dataset_record)
 DATASET_RECORD = ("name", "classes", "mean", "std", "image_size", "in_channels")
+# with weight averaging (configs/ema.yaml; Lightning's WeightAveraging names the key): the weights training goes on
+# from, while "state_dict" holds the average, which evaluation, export and the demo use
+TRAINING_WEIGHTS = "current_model_state"
 
 
 def resolve_checkpoint(ckpt_path: str | None, checkpoint_dir: Path, fit: bool) -> str | None:

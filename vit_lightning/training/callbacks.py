@@ -5,7 +5,8 @@ opts in or replaces the defaults. Each class lives with its concept (progress, c
 - :data:`ALWAYS`: added to every run, whatever ``trainer.callbacks`` says (no checkpoint may hold NaN weights).
 - :data:`DEFAULTS`: the default ``trainer.callbacks``; a config's ``trainer.callbacks: [...]`` replaces them and
   ``trainer.callbacks+: [...]`` adds to them.
-- :data:`OPT_IN`: the presets that add one (``--config configs/early_stopping.yaml``, ``configs/lr_find.yaml``).
+- :data:`OPT_IN`: the presets that add one (``--config configs/early_stopping.yaml``, ``configs/lr_find.yaml``,
+  ``configs/ema.yaml``).
 
 Old configs name ``vit_lightning.callbacks.EpochSummary`` and its siblings: that module is this one
 (``vit_lightning.MOVED``), so they load.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, RichProgressBar
 
+from vit_lightning.training.averaging import ExponentialAveraging
 from vit_lightning.training.checkpointing import Checkpoint
 from vit_lightning.training.divergence import StopOnDivergence
 from vit_lightning.training.lr_search import LearningRateSearch
@@ -22,8 +24,8 @@ from vit_lightning.training.pictures import Pictures
 from vit_lightning.training.predictions import PredictionWriter
 from vit_lightning.training.progress import EpochSummary, TrainingSpeed
 
-__all__ = ["Checkpoint", "EarlyStopping", "EpochSummary", "LearningRateSearch", "Pictures", "PredictionWriter",
-           "StopOnDivergence", "TrainingSpeed"]
+__all__ = ["Checkpoint", "EarlyStopping", "EpochSummary", "ExponentialAveraging", "LearningRateSearch", "Pictures",
+           "PredictionWriter", "StopOnDivergence", "TrainingSpeed"]
 
 SECTIONS = {"checkpoint": Checkpoint, "predictions": PredictionWriter, "pictures": Pictures}
 ALWAYS = (StopOnDivergence,)
@@ -33,7 +35,7 @@ DEFAULTS = (
     (EpochSummary, {}),
     (TrainingSpeed, {}),
 )
-OPT_IN = {"early_stopping": EarlyStopping, "lr_find": LearningRateSearch}
+OPT_IN = {"early_stopping": EarlyStopping, "lr_find": LearningRateSearch, "ema": ExponentialAveraging}
 
 
 def class_path(cls: type) -> str:

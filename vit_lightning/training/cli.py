@@ -26,6 +26,7 @@ from vit_lightning.outputs import (NO_SPACE, NOT_WRITABLE, RunFolder, reader_may
 from vit_lightning.serving.checkpoints import (LOG_DIR, dataset_for, load_checkpoint, logger_version,
                                                model_settings, require_fitting_state, resolve_checkpoint, trained_on)
 from vit_lightning.training import callbacks, compat
+from vit_lightning.training.averaging import require_averaging_to_resume
 from vit_lightning.training.datamodule import MNISTDataModule
 from vit_lightning.training.metrics_log import ResumableCSVLogger
 from vit_lightning.training.module import ViTClassifier
@@ -215,6 +216,8 @@ class ViTCLI(LightningCLI):
         if trained is not None:  # its recorded class names and normalisation
             self.datamodule.info = trained
         require_fitting_state(self.model, self.checkpoint["state_dict"], self.config[self.subcommand].ckpt_path)
+        if self.subcommand == "fit":
+            require_averaging_to_resume(self.checkpoint, self.trainer.callbacks, self.config.fit.ckpt_path)
         if self.subcommand == "fit" and isinstance(self.trainer.logger, ResumableCSVLogger):
             self.trainer.logger.continue_from(self.checkpoint.get(LOG_DIR), self.checkpoint["global_step"])
 
