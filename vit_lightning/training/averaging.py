@@ -61,15 +61,11 @@ class ExponentialAveraging(WeightAveraging):
         self._swapped = False
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
-        if not self._swapped:
-            super().on_save_checkpoint(trainer, pl_module, checkpoint)
-            return
-        # mid-validation the module's state (already in checkpoint["state_dict"]) is the average, and the copy's
-        # is the training weights: the roles Lightning assumes, reversed
-        copy = self._average_model.state_dict()
-        checkpoint[TRAINING_WEIGHTS] = {name[len("module."):]: value for name, value in copy.items()
-                                        if name.startswith("module.")}
-        checkpoint["averaging_state"] = {name: value for name, value in copy.items() if not name.startswith("module.")}
+        super().on_save_checkpoint(trainer, pl_module, checkpoint)
+        if self._swapped:  # mid-validation the module holds the average and the copy the training weights, so
+            # Lightning filed each under the other's key
+            average, training = checkpoint[TRAINING_WEIGHTS], checkpoint["state_dict"]
+            checkpoint["state_dict"], checkpoint[TRAINING_WEIGHTS] = average, training
 
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         if self._average_model is not None:  # a fit; outside one the checkpoint's state_dict (the average) is used

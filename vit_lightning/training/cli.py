@@ -218,8 +218,8 @@ class ViTCLI(LightningCLI):
         require_fitting_state(self.model, self.checkpoint["state_dict"], self.config[self.subcommand].ckpt_path)
         if self.subcommand == "fit":
             require_averaging_to_resume(self.checkpoint, self.trainer.callbacks, self.config.fit.ckpt_path)
-        if self.subcommand == "fit" and isinstance(self.trainer.logger, ResumableCSVLogger):
-            self.trainer.logger.continue_from(self.checkpoint.get(LOG_DIR), self.checkpoint["global_step"])
+            if isinstance(self.trainer.logger, ResumableCSVLogger):
+                self.trainer.logger.continue_from(self.checkpoint.get(LOG_DIR), self.checkpoint["global_step"])
 
 
 def contradicted_settings(saved: dict, config: dict, defaults: dict) -> list[tuple[str, object, object]]:
