@@ -12,6 +12,7 @@ from vit_lightning.layers import (
     ViTBlock,
     create_patches,
     get_positional_embeddings,
+    stochastic_depth,
 )
 from vit_lightning.model import VisionTransformer
 
@@ -82,7 +83,7 @@ def test_forward_shapes_and_every_parameter_gets_a_gradient(tokenizer, patch_siz
     torch.manual_seed(0)
     model = tiny_vit(tokenizer=tokenizer, patch_size=patch_size, stem_channels=stem_channels, pool=pool,
                      conv_mlp=conv_mlp, pos_embedding=pos_embedding, dropout=0.1,
-                     locality_attention=locality_attention)
+                     drop_path=0.1, locality_attention=locality_attention)
     with torch.no_grad():
         model.head.weight.normal_()  # the head starts at zero, which would stop gradients reaching the body
     logits = model(torch.randn(4, 1, 28, 28))
@@ -129,6 +130,55 @@ def test_eval_is_deterministic_and_train_dropout_is_not():
     assert not torch.allclose(model(x), model(x))
 
 
+def test_stochastic_depth_drops_whole_images_and_keeps_the_expected_value():
+    torch.manual_seed(0)
+    branch = torch.ones(4000, 3, 5)
+    kept = stochastic_depth(branch, 0.25, training=True)
+    per_image = kept.flatten(1)
+    assert (per_image == per_image[:, :1]).all()  # an image's branch is dropped or kept as a whole
+    assert per_image[:, 0].unique().tolist() == pytest.approx([0.0, 4 / 3])
+    assert per_image[:, 0].eq(0).float().mean().item() == pytest.approx(0.25, abs=0.03)
+    assert kept.mean().item() == pytest.approx(1.0, abs=0.05)
+    assert stochastic_depth(branch, 0.25, training=False) is branch
+    assert stochastic_depth(branch, 0.0, training=True) is branch
+
+
+def test_block_with_drop_path_equals_a_naive_per_image_reference():
+    """In training each image takes one of the four paths: attention and MLP branches each kept (scaled by 1/keep)
+    or skipped; in evaluation the block is the plain block."""
+    torch.manual_seed(0)
+    block = ViTBlock(dim=16, heads=2, drop_path=0.5)
+    x = torch.randn(16, 5, 16)
+    out = block(x)
+
+    def naive(image, keep_attention, keep_mlp):
+        y = image + keep_attention * block.attn(block.norm1(image)) / 0.5
+        return y + keep_mlp * block.mlp(block.norm2(y)) / 0.5
+
+    paths = []
+    for image, result in zip(x.unsqueeze(1), out.unsqueeze(1)):
+        matches = [(a, m) for a in (0, 1) for m in (0, 1) if torch.allclose(naive(image, a, m), result, atol=1e-5)]
+        assert len(matches) == 1
+        paths += matches
+    assert len(set(paths)) > 1  # per image, not per batch
+    block.eval()
+    torch.testing.assert_close(block(x), x + block.attn(block.norm1(x)) + block.mlp(block.norm2(
+        x + block.attn(block.norm1(x)))))
+
+
+def test_drop_path_rises_over_the_blocks_and_leaves_evaluation_and_checkpoints_unchanged():
+    torch.manual_seed(0)
+    model = tiny_vit(depth=3, drop_path=0.2)
+    assert [block.drop_path for block in model.blocks] == pytest.approx([0.0, 0.1, 0.2])
+    plain = tiny_vit(depth=3)
+    plain.load_state_dict(model.state_dict())  # no parameters of its own: the same checkpoint either way
+    model.head.weight.data.normal_()
+    plain.head.weight.data.copy_(model.head.weight.data)
+    x = torch.randn(8, 1, 28, 28)
+    torch.testing.assert_close(model.eval()(x), plain.eval()(x))
+    assert not torch.allclose(model.train()(x), plain.train()(x))
+
+
 @pytest.mark.parametrize("pool", ["cls", "mean", "seq"])
 def test_attention_rollout_is_a_distribution_over_the_patch_grid(pool):
     model = tiny_vit(pool=pool).eval()
@@ -147,6 +197,8 @@ def test_attention_rollout_is_a_distribution_over_the_patch_grid(pool):
         (dict(tokenizer="resnet"), "tokenizer must be"),
         (dict(tokenizer="conv", patch_size=7), "power of two"),
         (dict(dropout=1.0), "dropout"),
+        (dict(drop_path=1.0), "drop_path"),
+        (dict(drop_path=-0.1), "drop_path"),
         (dict(tokenizer="conv", patch_size=4, stem_channels=-1), "stem_channels"),
     ],
 )

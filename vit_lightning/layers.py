@@ -157,6 +157,17 @@ class MultiHeadSelfAttention(nn.Module):
         return self._weights(q, k)
 
 
+def stochastic_depth(branch: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
+    """Stochastic depth (Huang et al. 2016) on a residual branch ``[B, ...]``: in training, each image's branch is
+    dropped (zero) with probability ``rate`` and the kept ones are scaled by ``1 / (1 - rate)``, so the expected
+    output is unchanged; evaluation passes the branch through."""
+    if not training or rate == 0.0:
+        return branch
+    keep = 1.0 - rate
+    mask = branch.new_empty((branch.shape[0],) + (1,) * (branch.ndim - 1)).bernoulli_(keep)
+    return branch * mask.div_(keep)
+
+
 class TokenGridConv(nn.Module):
     """A depthwise 3x3 convolution over the tokens that form a ``grid`` x ``grid`` image: ``[B, N, C]`` -> ``[B, N, C]``.
 
@@ -184,12 +195,14 @@ class ViTBlock(nn.Module):
     first layer and its activation (PVTv2's convolutional feed-forward, Wang et al. 2022; LocalViT, Li et al. 2021):
     each token mixes with its 8 neighbours, a locality that attention must otherwise learn from the data.
     ``locality_attention``: locality self-attention (see :class:`MultiHeadSelfAttention`).
+    ``drop_path``: the probability that training skips each branch for an image (:func:`stochastic_depth`).
     """
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0, conv_grid: int = 0,
-                 locality_attention: bool = False):
+                 locality_attention: bool = False, drop_path: float = 0.0):
         super().__init__()
         hidden = int(dim * mlp_ratio)
+        self.drop_path = drop_path
         self.norm1 = nn.LayerNorm(dim)
         self.attn = MultiHeadSelfAttention(dim, heads, dropout, locality_attention)
         self.norm2 = nn.LayerNorm(dim)
@@ -199,5 +212,5 @@ class ViTBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        x = x + stochastic_depth(self.attn(self.norm1(x)), self.drop_path, self.training)
+        return x + stochastic_depth(self.mlp(self.norm2(x)), self.drop_path, self.training)

@@ -25,6 +25,8 @@ class VisionTransformer(nn.Module):
     ``conv_mlp``: a depthwise 3x3 convolution over the token grid inside every block's MLP (:class:`ViTBlock`).
     ``locality_attention``: locality self-attention in every block (LSA: learned temperatures, no attention of a token
     to itself; :class:`~vit_lightning.layers.MultiHeadSelfAttention`).
+    ``drop_path``: stochastic depth in training, rising linearly over the blocks from 0 in the first to ``drop_path``
+    in the last (DeiT's and CCT's rule; :func:`~vit_lightning.layers.stochastic_depth`).
     ``pool``: the class token (``cls``), the mean of the tokens (``mean``) or :class:`SequencePooling` (``seq``).
     """
 
@@ -39,6 +41,7 @@ class VisionTransformer(nn.Module):
         heads: int = 3,
         mlp_ratio: float = 4.0,
         dropout: float = 0.0,
+        drop_path: float = 0.0,
         pool: Literal["cls", "mean", "seq"] = "cls",
         pos_embedding: Literal["sincos", "learned"] = "sincos",
         tokenizer: Literal["patch", "conv"] = "patch",
@@ -67,6 +70,8 @@ class VisionTransformer(nn.Module):
             raise SettingError(f"pos_embedding must be 'sincos' or 'learned', got {pos_embedding!r}")
         if not 0.0 <= dropout < 1.0:
             raise SettingError(f"dropout must be in [0, 1), got {dropout}")
+        if not 0.0 <= drop_path < 1.0:
+            raise SettingError(f"drop_path must be in [0, 1), got {drop_path}")
         self.image_size = image_size
         self.patch_size = patch_size
         self.pool = pool
@@ -86,8 +91,9 @@ class VisionTransformer(nn.Module):
         conv_grids = [self.grid_size if conv_mlp else 0] * depth
         if pool == "cls":  # the last block's grid tokens never reach the head: a convolution there could not learn
             conv_grids[-1] = 0
-        self.blocks = nn.ModuleList(ViTBlock(dim, heads, mlp_ratio, dropout, grid, locality_attention)
-                                    for grid in conv_grids)
+        drop_rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]
+        self.blocks = nn.ModuleList(ViTBlock(dim, heads, mlp_ratio, dropout, grid, locality_attention, rate)
+                                    for grid, rate in zip(conv_grids, drop_rates))
         self.norm = nn.LayerNorm(dim)
         self.sequence_pool = SequencePooling(dim) if pool == "seq" else None
         self.head = nn.Linear(dim, num_classes)

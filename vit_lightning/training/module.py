@@ -47,6 +47,7 @@ class ViTClassifier(LightningModule):
         heads: int = 3,
         mlp_ratio: float = 4.0,
         dropout: float = 0.0,
+        drop_path: float = 0.0,
         pool: Literal["cls", "mean", "seq"] = "cls",
         pos_embedding: Literal["sincos", "learned"] = "sincos",
         tokenizer: Literal["patch", "conv"] = "patch",
