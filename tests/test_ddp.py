@@ -12,7 +12,9 @@ import torch
 from support import REPO, TESTS, read_metrics, run_train, tiny_args, write_dataset
 from vit_lightning.data.datasets import DATASETS, normalize, unit_range
 from vit_lightning.data.idx import find_idx_files, load_split
+from vit_lightning.serving.checkpoints import TRAINING_WEIGHTS
 from vit_lightning.training.module import ViTClassifier
+from vit_lightning.training.presets import preset_file
 
 pytestmark = pytest.mark.slow  # every test here starts train.py processes
 
@@ -92,6 +94,29 @@ def test_test_accuracy_is_identical_on_one_and_two_processes(ddp_run, tmp_path):
         right = (model(normalize(unit_range(images), info.mean, info.std)).argmax(-1) == labels).sum().item()
     assert len(labels) == 101 and 0 < right < 101
     assert results["two"][0] == pytest.approx(right / 101, abs=1e-6)
+
+
+def test_ddp_weight_averaging_validates_saves_and_resumes_the_average(ddp_run, tmp_path):
+    """Two processes with configs/ema.yaml: what the fit validated (reduced over both) is the checkpoint's average,
+    which evaluating it on one process reproduces; a resumed 2-process fit carries both states on."""
+    data_root, _, _ = ddp_run
+    run_dir = tmp_path / "ema"
+    ema = ("--config", str(preset_file("ema")))
+    train("fit", *tiny_args(data_root, run_dir, *ema), *DDP)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    saved = torch.load(last, weights_only=True)
+    assert saved["averaging_state"]["n_averaged"] == saved["global_step"] == 10
+    head = "model.head.weight"
+    assert not torch.equal(saved["state_dict"][head], saved[TRAINING_WEIGHTS][head])
+    fitted = float([row for row in read_metrics(run_dir, "val/loss") if row["epoch"] == "1"][-1]["val/loss"])
+    validated = tmp_path / "validated"
+    train("validate", *tiny_args(data_root, validated), "--ckpt_path", str(last))
+    assert float(read_metrics(validated, "val/loss")[-1]["val/loss"]) == pytest.approx(fitted, rel=1e-5)
+
+    train("fit", *tiny_args(data_root, run_dir, *ema, "--trainer.max_epochs", "3"), *DDP, "--ckpt_path", "last")
+    resumed = torch.load(last, weights_only=True)
+    assert resumed["averaging_state"]["n_averaged"] == resumed["global_step"] == 15
+    assert not torch.equal(resumed["state_dict"][head], resumed[TRAINING_WEIGHTS][head])
 
 
 def test_ddp_predict_gathers_every_image_once(ddp_run, tmp_path):

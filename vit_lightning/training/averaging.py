@@ -48,9 +48,18 @@ class ExponentialAveraging(WeightAveraging):
         torch._foreach_lerp_(averages, weights, 1.0 - min(self.decay, (1 + n) / (10 + n)))
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        with warnings.catch_warnings():  # the module's configure_model only compiles: no sharding to warn about
-            warnings.filterwarnings("ignore", message="You're using the WeightAveraging callback with a model that")
-            super().setup(trainer, pl_module, stage)
+        # Lightning deep-copies the whole module for the average, with what is not its state: the trainer (and its
+        # data) and the CLI's optimizer factory, which reaches the objects the CLI built. In a DDP fit rank 0's
+        # trainer holds the launched processes, whose locks cannot be copied (TypeError: cannot pickle
+        # '_thread.lock' object; Lightning #7379). The copy is made without the two; only the weights are averaged.
+        optimizer = pl_module.optimizer
+        pl_module.trainer, pl_module.optimizer = None, None
+        try:
+            with warnings.catch_warnings():  # the module's configure_model only compiles: no sharding to warn about
+                warnings.filterwarnings("ignore", message="You're using the WeightAveraging callback with a model")
+                super().setup(trainer, pl_module, stage)
+        finally:
+            pl_module.trainer, pl_module.optimizer = trainer, optimizer
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_validation_epoch_start(trainer, pl_module)
