@@ -44,8 +44,9 @@ class ExponentialAveraging(WeightAveraging):
         if not averages[0].is_floating_point():  # integer buffers (a BatchNorm's batch count): the latest value
             torch._foreach_copy_(averages, weights)
             return
-        n = int(updates)
-        torch._foreach_lerp_(averages, weights, 1.0 - min(self.decay, (1 + n) / (10 + n)))
+        n = updates.to(averages[0].dtype)  # stays on the device: no wait for the accelerator at every step
+        rate = 1.0 - torch.clamp((1 + n) / (10 + n), max=self.decay)
+        torch._foreach_lerp_(averages, weights, [rate] * len(averages))
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         # Lightning deep-copies the whole module for the average, with what is not its state: the trainer (and its
