@@ -59,6 +59,7 @@ def test_presets_are_the_recipes_readme_measured(capsys):
     long = resolved(capsys, "fashion_mnist", "long")
     assert (long["model"]["dim"], long["model"]["depth"], long["trainer"]["max_epochs"]) == (96, 6, 35)
     assert (long["data"]["translate"], long["data"]["erasing"], long["trainer"]["precision"]) == (0.07, 0.25, "32-true")
+    assert (long["model"]["test_time_shift"], long["trainer"]["check_val_every_n_epoch"]) == (True, 5)
     small = resolved(capsys, "quick", "small_data")
     assert (small["model"]["depth"], small["trainer"]["max_epochs"], small["data"]["translate"]) == (3, 25, 0.1)
     assert small["trainer"]["check_val_every_n_epoch"] == 5

@@ -62,6 +62,35 @@ def test_test_time_flip_averages_the_logits_of_the_image_and_its_mirror():
     assert "test_time_flip" not in model.hparams  # a run-time choice, not part of the checkpoint
 
 
+def moved(images: torch.Tensor, rows: int, columns: int) -> torch.Tensor:
+    """``images`` moved by ``rows`` down and ``columns`` right (-1 to 1), uncovered pixels set to the batch's least."""
+    height, width = images.shape[-2:]
+    result = torch.full_like(images, images.min().item())
+    for row in range(height):
+        for column in range(width):
+            if 0 <= row - rows < height and 0 <= column - columns < width:
+                result[..., row, column] = images[..., row - rows, column - columns]
+    return result
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_test_time_shift_gives_half_the_weight_to_the_image_moved_one_pixel_each_way_along_the_diagonal(flip):
+    torch.manual_seed(0)
+    model = ViTClassifier(**TINY, test_time_flip=flip, test_time_shift=True).eval()
+    model.model.head.weight.data.normal_()
+    images, targets = torch.rand(4, 1, 28, 28) + 0.5, torch.tensor([0, 1, 2, 3])  # the least value is not 0
+    views = [images, moved(images, -1, -1), moved(images, 1, 1)]
+    if flip:
+        views = [view for image in views for view in (image, image.flip(-1))]
+    weights = [1 / 2, 1 / 4, 1 / 4] if not flip else [1 / 4, 1 / 4, 1 / 8, 1 / 8, 1 / 8, 1 / 8]
+    expected = sum(weight * model(view) for weight, view in zip(weights, views))
+    torch.testing.assert_close(model.validation_step((images, targets), 0), expected)
+    torch.testing.assert_close(model.test_step((images, targets), 0), expected)
+    assert "test_time_shift" not in model.hparams  # a run-time choice, not part of the checkpoint
+    down_right = moved(images, 1, 1)  # the reference moves as named
+    assert torch.equal(down_right[..., 1:, 1:], images[..., :-1, :-1]) and (down_right[..., 0, :] == images.min()).all()
+
+
 @pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.3])
 def test_training_objective_is_label_smoothed_and_the_logged_loss_is_plain_cross_entropy(smoothing):
     torch.manual_seed(0)

@@ -16,7 +16,7 @@ ARCHITECTURE: dict[str, Any] = {name: parameter.default
 DATASET_FACTS = ("num_classes", "image_size", "in_channels")  # the dataset's (linked from the data), not settings
 TRAINING_ONLY = ("optimizer", "lr_schedule", "warmup_fraction", "label_smoothing", "dropout",
                  "drop_path")  # no effect on evaluation
-RUN_TIME = ("compile", "test_time_flip")  # choices of each run, not saved in checkpoints
+RUN_TIME = ("compile", "test_time_flip", "test_time_shift")  # choices of each run, not saved in checkpoints
 KIND = ("tokenizer", "pool", "pos_embedding")  # the choices that name the kind of model
 SETTINGS = {*ARCHITECTURE, *TRAINING_ONLY, *RUN_TIME}  # every --model setting: ViTClassifier's init arguments
 

@@ -33,7 +33,9 @@ class ViTClassifier(LightningModule):
     decay to zero (``warmup_cosine``), one-cycle (``onecycle``: cosine up from 1/25, cosine down to zero at the
     last step), or ``constant``.
     ``test_time_flip`` makes validation and test average the logits of each image and its mirror image (only
-    for data whose classes are mirror-symmetric, such as Fashion-MNIST); like ``compile`` it is not saved.
+    for data whose classes are mirror-symmetric, such as Fashion-MNIST); ``test_time_shift`` gives half the
+    weight to the image moved by one pixel along the diagonal, up-left and down-right (mirrored too with the flip:
+    airbench's six views, Jordan 2024), for models trained with shifts. Like ``compile`` they are not saved.
     """
 
     def __init__(
@@ -60,12 +62,14 @@ class ViTClassifier(LightningModule):
         warmup_fraction: float = 0.05,
         compile: bool = False,
         test_time_flip: bool = False,
+        test_time_shift: bool = False,
     ):
         super().__init__()
         # run-time choices a checkpoint must not impose; loggers get the whole CLI config (RunConfig)
         self.save_hyperparameters(ignore=list(RUN_TIME), logger=False)
         self.compile_model = compile
         self.test_time_flip = test_time_flip
+        self.test_time_shift = test_time_shift
         self.model = VisionTransformer(**architecture(self.hparams))  # the model's arguments above (architecture.py)
         if not 0.0 <= warmup_fraction < 1.0:
             raise SettingError(f"--model.warmup_fraction must be in [0, 1), got {warmup_fraction}")
@@ -117,13 +121,26 @@ class ViTClassifier(LightningModule):
 
     def _evaluate(self, batch, loss_metric: MeanMetric, acc_metric: MulticlassAccuracy, stage: str) -> torch.Tensor:
         images, targets = batch
-        logits = self(images)
-        if self.test_time_flip:
-            logits = (logits + self(images.flip(-1))) / 2
+        logits = self.test_time_logits(images)
         loss_metric.update(F.cross_entropy(logits, targets), weight=len(targets))
         acc_metric.update(logits, targets)
         self.log(f"{stage}/loss", loss_metric, prog_bar=stage == "val")
         self.log(f"{stage}/acc", acc_metric, prog_bar=stage == "val")
+        return logits
+
+    def test_time_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """The logits that validation and test score: the image's, averaged over the views that ``test_time_flip``
+        and ``test_time_shift`` add. A shift uncovers a row and a column; they take the batch's darkest value, the
+        black background that training's shifts move in too (repeating the edge instead gains half as much)."""
+        def mirrored(views: torch.Tensor) -> torch.Tensor:
+            return (self(views) + self(views.flip(-1))) / 2 if self.test_time_flip else self(views)
+
+        logits = mirrored(images)
+        if self.test_time_shift:
+            height, width = images.shape[-2:]
+            padded = F.pad(images, (1, 1, 1, 1), value=float(images.amin()))
+            shifted = (mirrored(padded[..., :height, :width]) + mirrored(padded[..., 2:, 2:])) / 2
+            logits = (logits + shifted) / 2
         return logits
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
