@@ -17,11 +17,11 @@ Used through the functions below:
 - ``lightning.pytorch.overrides.distributed.UnrepeatedDistributedSampler``: evaluation shards without padding.
 
 Overridden in subclasses (their signatures must stay): ``LightningCLI._parse_ckpt_path`` (training/cli.py),
-``ModelCheckpoint._save_checkpoint`` (training/checkpointing.py), ``ExperimentWriter._check_log_dir_exists`` and
-its ``metrics_keys`` (training/metrics_log.py). Relied on as a format: LightningCLI's ``_instantiator`` key in saved
-hyper-parameters (skipped by :func:`vit_lightning.serving.checkpoints.saved_settings`) and the loops' progress
-counters, live and in a checkpoint's ``loops`` (``_validate_again_on_resume`` and ``_resume_finished_epoch_at_the_next``
-in training/checkpointing.py).
+``ModelCheckpoint._save_checkpoint`` (training/checkpointing.py), ``ExperimentWriter._check_log_dir_exists``,
+``_rewrite_with_new_header`` and its ``metrics_keys`` (training/metrics_log.py). Relied on as a format: LightningCLI's
+``_instantiator`` key in saved hyper-parameters (skipped by :func:`vit_lightning.serving.checkpoints.saved_settings`)
+and the loops' progress counters, live and in a checkpoint's ``loops`` (``_validate_again_on_resume`` and
+``_resume_finished_epoch_at_the_next`` in training/checkpointing.py).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ RELIES_ON = {
                       "_should_save_on_train_epoch_end", "_should_save_on_exception", "_every_n_train_steps",
                       "_last_global_step_saved", "_last_checkpoint_saved", "_save_checkpoint"),
     CSVLogger: ("_experiment", "_version"),
-    ExperimentWriter: ("_check_log_dir_exists", "metrics_keys"),
+    ExperimentWriter: ("_check_log_dir_exists", "_rewrite_with_new_header", "metrics_keys"),
 }
 
 

@@ -62,12 +62,35 @@ class ResumableCSVLogger(CSVLogger):
     @property
     @rank_zero_experiment
     def experiment(self) -> ExperimentWriter:
-        if not compat.logger_started(self) and self._resume_step is not None:
-            compat.set_experiment(self, _ContinuedWriter(self.log_dir, self._resume_step))
+        if not compat.logger_started(self):
+            compat.set_experiment(self, _AtomicWriter(self.log_dir) if self._resume_step is None
+                                  else _ContinuedWriter(self.log_dir, self._resume_step))
         return super().experiment
 
 
-class _ContinuedWriter(ExperimentWriter):
+class _AtomicWriter(ExperimentWriter):
+    """An ``ExperimentWriter`` that replaces ``metrics.csv`` atomically when a new metric widens its header: a run
+    killed meanwhile leaves the old file whole (Lightning's writer empties it first and loses every row). When the
+    rewrite fails (a full disk), the next save tries it again instead of adding rows the header does not name."""
+
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+        with open(self.metrics_file_path, newline="") as file:
+            reader = csv.DictReader(file)
+            rows = list(reader)
+        try:
+            self._replace_rows(rows, fieldnames)
+        except BaseException:
+            self.metrics_keys = list(reader.fieldnames or [])
+            raise
+
+    def _replace_rows(self, rows: list[dict[str, str]], fieldnames: list[str]) -> None:
+        with atomic_write(self.metrics_file_path) as temporary, open(temporary, "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=fieldnames)
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+class _ContinuedWriter(_AtomicWriter):
     """An ``ExperimentWriter`` that keeps the rows of an existing ``metrics.csv`` logged before ``resume_step``
     (Lightning's writer deletes the file)."""
 
@@ -82,7 +105,4 @@ class _ContinuedWriter(ExperimentWriter):
             reader = csv.DictReader(file)
             rows = [row for row in reader if row.get("step") and int(row["step"]) < self.resume_step]
             self.metrics_keys = list(reader.fieldnames or [])
-        with atomic_write(self.metrics_file_path) as temporary, open(temporary, "w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=self.metrics_keys)
-            writer.writeheader()
-            writer.writerows(rows)
+        self._replace_rows(rows, self.metrics_keys)
