@@ -101,11 +101,12 @@ class RecordWeights(Callback):
 
         averaging = next((c for c in trainer.callbacks if isinstance(c, ExponentialAveraging)), None)
         average = averaging._average_model.module.state_dict() if averaging else None
-        RecordWeights.at_train_start.append((_copy(pl_module.state_dict()), average and _copy(average)))
+        RecordWeights.at_train_start.append((copy_state(pl_module.state_dict()), average and copy_state(average)))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        RecordWeights.steps.append(_copy(pl_module.state_dict()))
+        RecordWeights.steps.append(copy_state(pl_module.state_dict()))
 
 
-def _copy(state: dict) -> dict:
+def copy_state(state: dict) -> dict:
+    """A detached copy of a state dict's tensors, unaffected by later training steps."""
     return {name: tensor.detach().clone() for name, tensor in state.items()}

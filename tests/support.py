@@ -92,6 +92,11 @@ def read_metrics(run_dir: Path, name: str | None = None) -> list[dict]:
     return [row for row in rows if row.get(name)] if name else rows
 
 
+def logged_after_epoch(run_dir: Path, name: str, epoch: int) -> float:
+    """The last value of ``name`` that a run folder's logs recorded in ``epoch``."""
+    return float([row for row in read_metrics(run_dir, name) if row["epoch"] == str(epoch)][-1][name])
+
+
 def user_error(capsys, *args: str) -> str:
     """Run the CLI (``train.py ARGS``) in this process, expect the one-line ``error: ...`` of a user mistake, exit
     status 1 and nothing else on stderr; return that line."""

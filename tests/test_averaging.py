@@ -8,7 +8,8 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from support import TESTS, read_metrics, tiny_args, user_error
+from hooks import copy_state
+from support import TESTS, logged_after_epoch, tiny_args, user_error
 from vit_lightning.errors import SettingError
 from vit_lightning.serving.checkpoints import TRAINING_WEIGHTS
 from vit_lightning.training.averaging import ExponentialAveraging
@@ -20,7 +21,7 @@ EMA = ("--config", str(preset_file("ema")))
 
 def naive_average(history: list[dict], decay: float) -> dict:
     """The warmed-up EMA of ``history`` (one state per update), one tensor and one update at a time."""
-    average = {name: tensor.clone() for name, tensor in history[0].items()}
+    average = copy_state(history[0])
     for n, state in enumerate(history[1:], start=1):
         d = min(decay, (1 + n) / (10 + n))
         average = {name: d * average[name] + (1 - d) * state[name] if state[name].is_floating_point() else state[name]
@@ -44,7 +45,7 @@ def test_the_average_follows_the_warmed_up_decay_of_a_naive_reference():
             for parameter in model.parameters():
                 parameter.add_(torch.randn_like(parameter))
             model(torch.randn(4, 3))  # training mode: the running statistics and the batch count move
-        history.append({name: tensor.clone() for name, tensor in model.state_dict().items()})
+        history.append(copy_state(model.state_dict()))
         average.update_parameters(model)
     assert_states_close(average.module.state_dict(), naive_average(history, 0.8))
 
@@ -79,7 +80,7 @@ def test_checkpoints_validation_and_evaluation_use_the_average(data_root, tmp_pa
 
     # the fit validated the average: evaluating the checkpoint (its state_dict) gives the same loss, with the
     # averaging callback configured or not, and without Lightning's warning about a checkpoint outside a fit
-    fitted = float([row for row in read_metrics(run_dir, "val/loss") if row["epoch"] == "1"][-1]["val/loss"])
+    fitted = logged_after_epoch(run_dir, "val/loss", 1)
     for extra in ((), EMA):
         main(["validate", *tiny_args(data_root, run_dir, *extra), "--ckpt_path", "last"])
     validated = [float(row["val/loss"]) for row in csv.DictReader((run_dir / "logs" / "validate" / "metrics.csv").open())]

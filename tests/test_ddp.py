@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from support import REPO, TESTS, read_metrics, run_train, tiny_args, write_dataset
+from support import REPO, TESTS, logged_after_epoch, read_metrics, run_train, tiny_args, write_dataset
 from vit_lightning.data.datasets import DATASETS, normalize, unit_range
 from vit_lightning.data.idx import find_idx_files, load_split
 from vit_lightning.serving.checkpoints import TRAINING_WEIGHTS
@@ -108,7 +108,7 @@ def test_ddp_weight_averaging_validates_saves_and_resumes_the_average(ddp_run, t
     assert saved["averaging_state"]["n_averaged"] == saved["global_step"] == 10
     head = "model.head.weight"
     assert not torch.equal(saved["state_dict"][head], saved[TRAINING_WEIGHTS][head])
-    fitted = float([row for row in read_metrics(run_dir, "val/loss") if row["epoch"] == "1"][-1]["val/loss"])
+    fitted = logged_after_epoch(run_dir, "val/loss", 1)
     validated = tmp_path / "validated"
     train("validate", *tiny_args(data_root, validated), "--ckpt_path", str(last))
     assert float(read_metrics(validated, "val/loss")[-1]["val/loss"]) == pytest.approx(fitted, rel=1e-5)
