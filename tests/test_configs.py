@@ -59,7 +59,7 @@ def test_presets_are_the_recipes_readme_measured(capsys):
     long = resolved(capsys, "fashion_mnist", "long")
     assert (long["model"]["dim"], long["model"]["depth"], long["trainer"]["max_epochs"]) == (96, 6, 33)
     assert (long["data"]["translate"], long["data"]["erasing"], long["trainer"]["precision"]) == (0.07, 0.25, "32-true")
-    assert (long["model"]["test_time_shift"], long["trainer"]["check_val_every_n_epoch"]) == (True, 11)
+    assert (long["model"]["test_time_shift"], long["trainer"]["check_val_every_n_epoch"]) == (True, 1)
     assert (long["data"]["batch_size"], long["model"]["optimizer"]["init_args"]["lr"]) == (256, 0.004)
     assert long["model"]["optimizer"]["init_args"]["weight_decay"] == 0.05  # the default's, kept beside the new lr
     small = resolved(capsys, "quick", "small_data")

@@ -35,7 +35,8 @@ class ViTClassifier(LightningModule):
     ``test_time_flip`` makes validation and test average the logits of each image and its mirror image (only
     for data whose classes are mirror-symmetric, such as Fashion-MNIST); ``test_time_shift`` gives half the
     weight to the image moved by one pixel along the diagonal, up-left and down-right (mirrored too with the flip:
-    airbench's six views, Jordan 2024), for models trained with shifts. Like ``compile`` they are not saved.
+    airbench's six views, Jordan 2024), for models trained with shifts; in test only, so that validation stays cheap
+    enough to run after every epoch. Like ``compile`` they are not saved.
     """
 
     def __init__(
@@ -121,22 +122,22 @@ class ViTClassifier(LightningModule):
 
     def _evaluate(self, batch, loss_metric: MeanMetric, acc_metric: MulticlassAccuracy, stage: str) -> torch.Tensor:
         images, targets = batch
-        logits = self.test_time_logits(images)
+        logits = self.test_time_logits(images, shift=self.test_time_shift and stage == "test")
         loss_metric.update(F.cross_entropy(logits, targets), weight=len(targets))
         acc_metric.update(logits, targets)
         self.log(f"{stage}/loss", loss_metric, prog_bar=stage == "val")
         self.log(f"{stage}/acc", acc_metric, prog_bar=stage == "val")
         return logits
 
-    def test_time_logits(self, images: torch.Tensor) -> torch.Tensor:
-        """The logits that validation and test score: the image's, averaged over the views that ``test_time_flip``
-        and ``test_time_shift`` add. A shift uncovers a row and a column; they take the batch's darkest value, the
+    def test_time_logits(self, images: torch.Tensor, shift: bool) -> torch.Tensor:
+        """The logits that validation and test score: the image's, averaged over its mirror image's with
+        ``test_time_flip`` and, with ``shift``, over the shifted views too. A shift uncovers a row and a column; they take the batch's darkest value, the
         black background that training's shifts move in too (repeating the edge instead gains half as much)."""
         def mirrored(views: torch.Tensor) -> torch.Tensor:
             return (self(views) + self(views.flip(-1))) / 2 if self.test_time_flip else self(views)
 
         logits = mirrored(images)
-        if self.test_time_shift:
+        if shift:
             height, width = images.shape[-2:]
             padded = images.amin().expand(*images.shape[:-2], height + 2, width + 2).clone()  # no host sync
             padded[..., 1:-1, 1:-1] = images
