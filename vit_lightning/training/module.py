@@ -131,8 +131,9 @@ class ViTClassifier(LightningModule):
 
     def test_time_logits(self, images: torch.Tensor, shift: bool) -> torch.Tensor:
         """The logits that validation and test score: the image's, averaged over its mirror image's with
-        ``test_time_flip`` and, with ``shift``, over the shifted views too. A shift uncovers a row and a column; they take the batch's darkest value, the
-        black background that training's shifts move in too (repeating the edge instead gains half as much)."""
+        ``test_time_flip`` and, with ``shift``, over the shifted views too. A shift uncovers a row and a column; they
+        take the batch's darkest value, the black background that training's shifts move in too (repeating the edge
+        instead gains half as much)."""
         def mirrored(views: torch.Tensor) -> torch.Tensor:
             return (self(views) + self(views.flip(-1))) / 2 if self.test_time_flip else self(views)
 
